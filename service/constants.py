@@ -1,0 +1,23 @@
+"""Names that clients, operators and the infrastructure rely on.
+
+The load balancer's stickiness cookie (infra/) and the service's session cookie must be the
+same string, so both import it from here.
+"""
+
+SESSION_COOKIE = "rlm_session"
+SESSION_HEADER = "x-rlm-session-id"
+RESET_HEADER = "x-rlm-reset"
+REQUEST_ID_HEADER = "x-request-id"
+SHOULD_RETRY_HEADER = "x-should-retry"
+DEFAULT_PORT = 3000
+HEALTH_PATH = "/healthz"
+READY_PATH = "/readyz"
+# Default wall deadline of one request; the ALB idle timeout must exceed it.
+DEFAULT_REQUEST_TIMEOUT_S = 1800
+# Where the service's own secrets live in SSM Parameter Store (infra and AMI boot step).
+SSM_PREFIX = "/rlm-py"
+SSM_OPENAI_API_KEY = f"{SSM_PREFIX}/OPENAI_API_KEY"
+SSM_RLM_API_KEYS = f"{SSM_PREFIX}/RLM_API_KEYS"
+SSM_AMI_PARAM = SSM_PREFIX + "/ami/{arch}"
+# The sandbox image tag the service runs by default.
+DEFAULT_SANDBOX_IMAGE = "rlm-sandbox:latest"
