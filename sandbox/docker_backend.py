@@ -1,0 +1,260 @@
+"""Workers in Docker containers under gVisor (``runsc``), driven by the Docker SDK.
+
+The container is created with its stdin open and attached *before* it starts, so the
+worker's first byte is never lost. The attach socket is bidirectional: we write raw frames
+to the worker's stdin and read its stdout multiplexed by Docker (8-byte header: stream id,
+three zero bytes, big-endian length). Blocking SDK calls run in a small dedicated thread pool
+so they never block the event loop nor starve ``asyncio.to_thread`` users.
+
+Every Docker SDK exception is translated here into the sandbox error tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import docker
+import docker.errors
+from docker.types import Ulimit
+
+from sandbox.config import SandboxConfig
+from sandbox.errors import SandboxStartError, SandboxUnavailable
+from sandbox.process import SandboxProcess, worker_args
+
+log = logging.getLogger(__name__)
+
+LABEL_MANAGED = "rlm-py.managed"
+LABEL_INSTANCE = "rlm-py.instance"
+LABEL_SESSION = "rlm-py.session"
+WORKER_CMD = ["python3", "-E", "-s", "-B", "/opt/rlm/sandbox/worker.py"]
+_MUX_HEADER = struct.Struct(">BxxxI")
+
+_executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="docker-sdk")
+
+
+async def run_blocking(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a blocking Docker SDK call off the event loop."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_executor, lambda: fn(*args, **kwargs))
+
+
+_client: docker.DockerClient | None = None
+
+
+def client() -> docker.DockerClient:
+    """The process-wide Docker client (connection pool shared by all sandboxes)."""
+    global _client
+    if _client is None:
+        try:
+            _client = docker.from_env(timeout=60, max_pool_size=32)
+        except docker.errors.DockerException as exc:
+            raise SandboxUnavailable(f"Docker is not reachable: {exc}") from exc
+    return _client
+
+
+def container_spec(cfg: SandboxConfig, name: str, session: str = "") -> dict[str, Any]:
+    """The container's configuration: every isolation setting lives here."""
+    mb = cfg.memory_mb
+    return dict(
+        image=cfg.image,
+        command=[*WORKER_CMD, *worker_args(cfg)],
+        name=name,
+        stdin_open=True,
+        tty=False,
+        detach=True,
+        runtime=cfg.runtime,
+        network_mode="none",
+        read_only=True,
+        tmpfs={"/tmp": f"rw,nosuid,nodev,noexec,size={cfg.tmpfs_mb}m,mode=1777"},
+        user="10001:10001",
+        working_dir="/tmp",
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges"],
+        mem_limit=f"{mb}m",
+        memswap_limit=f"{mb}m",
+        nano_cpus=int(cfg.cpus * 1e9),
+        pids_limit=cfg.pids,
+        ulimits=[
+            Ulimit(name="nofile", soft=cfg.nofile, hard=cfg.nofile),
+            Ulimit(name="fsize", soft=cfg.fsize_mb * 2**20, hard=cfg.fsize_mb * 2**20),
+        ],
+        # The container's environment is the image's: nothing of the service's is passed.
+        environment={"HOME": "/tmp", "LANG": "C.UTF-8"},
+        hostname="sandbox",
+        labels={LABEL_MANAGED: "1", LABEL_INSTANCE: cfg.instance, LABEL_SESSION: session},
+        # Frames are not logs: the json-file driver would copy every byte to disk.
+        log_config={"type": "none"},
+        auto_remove=False,
+    )
+
+
+class DockerProcess(SandboxProcess):
+    """One container running the worker, with its attach socket as the channel."""
+
+    def __init__(self, container: Any, sock: socket.socket, cfg: SandboxConfig) -> None:
+        self._container = container
+        self._sock = sock
+        self._cfg = cfg
+        self.name = container.name
+        self.id = container.id
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._buf = bytearray()
+        self._stderr = bytearray()
+        self._closed = False
+        self._killed = False
+
+    @classmethod
+    async def spawn(cls, cfg: SandboxConfig, session: str = "") -> DockerProcess:
+        """Create, attach and start a container; translate every Docker failure."""
+        name = f"rlm-{cfg.instance}-{uuid.uuid4().hex[:12]}"
+        dc = client()
+        container = None
+        try:
+            container = await run_blocking(dc.containers.create, **container_spec(cfg, name, session))
+            raw = await run_blocking(
+                dc.api.attach_socket,
+                container.id,
+                params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1},
+            )
+            sock: socket.socket = raw._sock
+            await run_blocking(container.start)
+        except docker.errors.ImageNotFound as exc:
+            await _remove_quietly(container)
+            raise SandboxStartError(
+                f"sandbox image {cfg.image!r} not found: run `make image` (RLM_SANDBOX_IMAGE)"
+            ) from exc
+        except docker.errors.APIError as exc:
+            await _remove_quietly(container)
+            raise SandboxStartError(f"could not start a sandbox container: {exc.explanation or exc}") from exc
+        except docker.errors.DockerException as exc:
+            await _remove_quietly(container)
+            raise SandboxUnavailable(f"Docker is not reachable: {exc}") from exc
+        proc = cls(container, sock, cfg)
+        sock.setblocking(False)
+        proc._reader, proc._writer = await asyncio.open_connection(sock=sock, limit=2**20)
+        return proc
+
+    async def _fill(self) -> None:
+        """Read one multiplexed frame; stdout goes to the channel buffer."""
+        assert self._reader is not None
+        try:
+            header = await self._reader.readexactly(_MUX_HEADER.size)
+            stream, length = _MUX_HEADER.unpack(header)
+            data = await self._reader.readexactly(length)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            raise EOFError("sandbox closed its channel") from exc
+        if stream == 1:
+            self._buf += data
+        else:
+            self._stderr = (self._stderr + data)[-8192:]
+
+    async def read_exactly(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            await self._fill()
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+    async def write(self, data: bytes) -> None:
+        assert self._writer is not None
+        try:
+            self._writer.write(data)
+            await self._writer.drain()
+        except (ConnectionError, RuntimeError) as exc:
+            raise EOFError("sandbox is gone") from exc
+
+    async def interrupt(self) -> None:
+        try:
+            await run_blocking(self._container.kill, signal="SIGINT")
+        except docker.errors.DockerException:
+            pass  # already gone: the reader reports it
+
+    async def kill(self) -> None:
+        self._killed = True
+        try:
+            await run_blocking(self._container.kill)
+        except docker.errors.DockerException:
+            pass
+
+    async def exit_reason(self) -> str:
+        try:
+            result = await run_blocking(self._container.wait, timeout=10)
+            await run_blocking(self._container.reload)
+        except Exception:  # noqa: BLE001 - the container may be gone already
+            return "the sandbox container disappeared"
+        state = self._container.attrs.get("State", {})
+        code = result.get("StatusCode", state.get("ExitCode"))
+        if state.get("OOMKilled") or (code == 137 and not self._killed):
+            return (
+                f"the sandbox was killed (exit {code}): most likely its memory cap of "
+                f"{self._cfg.memory_mb} MB (RLM_SANDBOX_MEMORY_MB)"
+            )
+        if self._killed:
+            return f"the sandbox was killed by the host (exit {code})"
+        return f"the sandbox exited with code {code}"
+
+    def diagnostics(self) -> str:
+        return self._stderr.decode("utf-8", "replace")
+
+    async def rename(self, name: str) -> None:
+        """Give a pooled container its session's name, so operators can find it."""
+        try:
+            await run_blocking(self._container.rename, name)
+            self.name = name
+        except docker.errors.DockerException as exc:
+            log.debug("rename of %s failed: %s", self.name, exc)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._writer.close()
+        await _remove_quietly(self._container)
+
+
+async def _remove_quietly(container: Any) -> None:
+    if container is None:
+        return
+    for attempt in range(3):
+        try:
+            await run_blocking(container.remove, force=True)
+            return
+        except docker.errors.NotFound:
+            return
+        except docker.errors.DockerException as exc:
+            # "removal already in progress" and daemon hiccups: try again shortly.
+            if attempt == 2:
+                log.warning("could not remove container %s: %s", container.name, exc)
+            await asyncio.sleep(0.2 * (attempt + 1))
+
+
+async def reap(instance: str | None = None) -> int:
+    """Remove containers left by earlier runs of the service (by label); return how many."""
+    filters = {"label": [f"{LABEL_MANAGED}=1"]}
+    if instance is not None:
+        filters["label"].append(f"{LABEL_INSTANCE}={instance}")
+    try:
+        stale = await run_blocking(client().containers.list, all=True, filters=filters)
+    except docker.errors.DockerException as exc:
+        raise SandboxUnavailable(f"Docker is not reachable: {exc}") from exc
+    await asyncio.gather(*(_remove_quietly(c) for c in stale))
+    return len(stale)
+
+
+async def ping() -> float:
+    """Round trip to the Docker daemon in seconds (readiness check)."""
+    t0 = time.perf_counter()
+    try:
+        await run_blocking(client().ping)
+    except docker.errors.DockerException as exc:
+        raise SandboxUnavailable(f"Docker is not reachable: {exc}") from exc
+    return time.perf_counter() - t0
