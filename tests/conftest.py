@@ -1,0 +1,77 @@
+"""Shared fixtures: the sandbox runtime (real Docker + runsc) and configurations.
+
+Docker tests never skip silently: when Docker or runsc is missing they fail with what to
+do, unless RLM_TEST_SKIP_DOCKER=1 says this machine deliberately runs without them
+(CI never sets it).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sandbox.config import SandboxConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE = os.environ.get("RLM_SANDBOX_IMAGE", "rlm-sandbox:latest")
+RUNTIME = os.environ.get("RLM_SANDBOX_RUNTIME", "runsc")
+
+
+def _docker_problem() -> str | None:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=10)
+        info = client.info()
+    except Exception as exc:  # noqa: BLE001
+        return f"Docker daemon not reachable ({exc}); start dockerd (see README, .ci/run)"
+    if RUNTIME not in (info.get("Runtimes") or {}):
+        return f"Docker has no {RUNTIME!r} runtime; register runsc in /etc/docker/daemon.json"
+    try:
+        client.images.get(IMAGE)
+    except Exception:  # noqa: BLE001
+        build = subprocess.run(
+            [str(ROOT / "sandbox" / "build_image.sh")],
+            env={**os.environ, "IMAGE": IMAGE},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        if build.returncode != 0:
+            return f"sandbox image {IMAGE} missing and `make image` failed: {build.stderr[-500:]}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def docker_ready() -> None:
+    """Real Docker with the runsc runtime and the sandbox image, or a failure saying why."""
+    problem = _docker_problem()
+    if problem is None:
+        return
+    if os.environ.get("RLM_TEST_SKIP_DOCKER") == "1":
+        pytest.skip(problem)
+    pytest.fail(problem)
+
+
+@pytest.fixture
+def local_cfg() -> SandboxConfig:
+    return SandboxConfig(backend="local", exec_timeout_s=2.0, hard_grace_s=3.0)
+
+
+@pytest.fixture
+def docker_cfg(docker_ready: None) -> SandboxConfig:
+    return SandboxConfig(
+        backend="docker",
+        runtime=RUNTIME,
+        image=IMAGE,
+        instance="rlm-test",
+        exec_timeout_s=2.0,
+        hard_grace_s=3.0,
+        memory_mb=256,
+        pids=64,
+        tmpfs_mb=32,
+        fsize_mb=32,
+    )
