@@ -1,0 +1,55 @@
+"""Which AMI `create` launches: the baked rlm-py AMI if one is published, else stock Ubuntu.
+
+The baked AMI's id is kept in SSM at `service.constants.SSM_AMI_PARAM` (`/rlm-py/ami/<arch>`);
+stock Ubuntu 24.04 comes from Canonical's public SSM parameter, which names the arch the
+Debian way (amd64). The parameter reader is passed in, so tests can answer the public name,
+which moto can neither hold nor let us write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from infra.ec2.errors import NotFound, UsageError
+from service.constants import SSM_AMI_PARAM
+
+# Returns a parameter's value, or None when the parameter does not exist.
+ParamGetter = Callable[[str], str | None]
+
+CANONICAL_PARAM = (
+    "/aws/service/canonical/ubuntu/server/24.04/stable/current/{arch}/hvm/ebs-gp3/ami-id"
+)
+_CANONICAL_ARCH = {"arm64": "arm64", "x86_64": "amd64"}
+
+
+@dataclass(frozen=True)
+class Ami:
+    """An AMI id and the SSM parameter it was read from."""
+
+    image_id: str
+    parameter: str
+    baked: bool
+
+
+def baked_param(arch: str) -> str:
+    return SSM_AMI_PARAM.format(arch=arch)
+
+
+def canonical_param(arch: str) -> str:
+    try:
+        return CANONICAL_PARAM.format(arch=_CANONICAL_ARCH[arch])
+    except KeyError:
+        raise UsageError(f"unknown arch {arch!r}: use arm64 or x86_64") from None
+
+
+def resolve_ami(get: ParamGetter, arch: str) -> Ami:
+    """The baked AMI for `arch` when its parameter exists, else Canonical's Ubuntu 24.04.
+
+    Raises NotFound when neither parameter answers (a region without Canonical's parameters).
+    """
+    for name, baked in ((baked_param(arch), True), (canonical_param(arch), False)):
+        value = get(name)
+        if value:
+            return Ami(image_id=value, parameter=name, baked=baked)
+    raise NotFound(f"no AMI for {arch}: neither {baked_param(arch)} nor {canonical_param(arch)}")
