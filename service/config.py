@@ -1,0 +1,125 @@
+"""The one ``Settings`` object: environment variables (and ``.env``), read once, passed down.
+
+Every field maps to the upper-case environment variable of the same name
+(``rlm_max_depth`` <- ``RLM_MAX_DEPTH``). ``.env.example`` lists them all with defaults.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from sandbox.config import SandboxConfig
+from service.constants import DEFAULT_PORT, DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_SANDBOX_IMAGE
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # Upstream model API
+    openai_api_key: SecretStr | None = None
+    openai_base_url: str | None = None
+    rlm_root_model: str = "gpt-5"
+    rlm_sub_model: str = "gpt-5-mini"
+    rlm_served_models: str = Field("", description="comma list; default: 'rlm' and the root model")
+    rlm_upstream_timeout_s: float = Field(600.0, gt=0)
+    rlm_upstream_retries: int = Field(3, ge=0, le=10)
+    rlm_upstream_concurrency: int = Field(64, ge=1)
+
+    # HTTP
+    rlm_host: str = "127.0.0.1"
+    rlm_port: int = Field(DEFAULT_PORT, ge=0, le=65535)
+    rlm_api_keys: SecretStr = SecretStr("")
+    rlm_allow_unauthenticated: bool = False
+    rlm_max_body_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    rlm_log_level: str = "info"
+
+    # Sandboxes
+    rlm_sandbox: Literal["docker", "local"] = "docker"
+    rlm_sandbox_runtime: Literal["runsc", "runc"] = "runsc"
+    rlm_sandbox_image: str = DEFAULT_SANDBOX_IMAGE
+    rlm_sandbox_pool_size: int = Field(8, ge=0)
+    rlm_sandbox_memory_mb: int = Field(1024, ge=128)
+    rlm_sandbox_cpus: float = Field(1.0, gt=0)
+    rlm_sandbox_pids: int = Field(128, ge=64)
+    rlm_sandbox_tmpfs_mb: int = Field(256, ge=1)
+    rlm_sandbox_start_timeout_s: float = Field(20.0, gt=0)
+    rlm_instance: str = "rlm-py"
+
+    # RLM engine
+    rlm_max_iterations: int = Field(20, ge=1, le=1000)
+    rlm_max_depth: int = Field(1, ge=0, le=10)
+    rlm_exec_timeout_s: float = Field(30.0, gt=0)
+    rlm_exec_hard_grace_s: float = Field(10.0, gt=0)
+    rlm_max_sub_calls: int = Field(256, ge=0)
+    rlm_max_total_tokens: int | None = Field(None, ge=1)
+    rlm_output_max_chars: int = Field(20_000, ge=100)
+    rlm_batch_concurrency: int = Field(16, ge=1)
+    rlm_trajectory_dir: str | None = None
+
+    # Requests, sessions and backpressure
+    rlm_request_timeout_s: float = Field(float(DEFAULT_REQUEST_TIMEOUT_S), gt=0)
+    rlm_max_running: int = Field(64, ge=1)
+    rlm_max_queued: int = Field(256, ge=0)
+    rlm_session_queue: int = Field(8, ge=1)
+    rlm_max_sessions: int = Field(256, ge=1)
+    rlm_session_ttl_s: float = Field(3600.0, gt=0)
+    rlm_shutdown_grace_s: float = Field(30.0, ge=0)
+
+    @field_validator("openai_base_url", "rlm_trajectory_dir", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return None if v == "" else v
+
+    @model_validator(mode="after")
+    def _refuse_open_service(self) -> Settings:
+        if not self.api_keys and not self.rlm_allow_unauthenticated and not _is_loopback(self.rlm_host):
+            raise ValueError(
+                f"refusing to serve on {self.rlm_host} without authentication: set RLM_API_KEYS, "
+                "or RLM_ALLOW_UNAUTHENTICATED=true if something in front of the service checks callers"
+            )
+        return self
+
+    @property
+    def api_keys(self) -> list[str]:
+        return [k.strip() for k in self.rlm_api_keys.get_secret_value().split(",") if k.strip()]
+
+    @property
+    def served_models(self) -> list[str]:
+        names = [m.strip() for m in self.rlm_served_models.split(",") if m.strip()]
+        return names or ["rlm", self.rlm_root_model]
+
+    def secrets(self) -> list[str]:
+        """Every secret value, for redaction of logs and trajectories."""
+        out = list(self.api_keys)
+        if self.openai_api_key is not None and self.openai_api_key.get_secret_value():
+            out.append(self.openai_api_key.get_secret_value())
+        return out
+
+    def sandbox_config(self) -> SandboxConfig:
+        return SandboxConfig(
+            backend=self.rlm_sandbox,
+            runtime=self.rlm_sandbox_runtime,
+            image=self.rlm_sandbox_image,
+            instance=self.rlm_instance,
+            start_timeout_s=self.rlm_sandbox_start_timeout_s,
+            exec_timeout_s=self.rlm_exec_timeout_s,
+            hard_grace_s=self.rlm_exec_hard_grace_s,
+            memory_mb=self.rlm_sandbox_memory_mb,
+            cpus=self.rlm_sandbox_cpus,
+            pids=self.rlm_sandbox_pids,
+            tmpfs_mb=self.rlm_sandbox_tmpfs_mb,
+            fsize_mb=self.rlm_sandbox_tmpfs_mb,
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,309 @@
+"""The RLM loop: a root model programs against ``context`` in a sandbox until it answers.
+
+``RLMEngine.run`` drives one run (the root, or a recursive child in its own namespace of
+the same sandbox). Model calls made by sandbox code arrive through the handler it passes to
+``SandboxHandle.exec``: ``llm_query`` / ``llm_query_batched`` become upstream calls,
+``rlm_query`` / ``rlm_query_batched`` become child runs one level deeper (or a plain
+sub-model call at the depth limit). All runs of a request share one ``Budget``, so usage
+and limits are request-wide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sandbox.handle import ExecResult, SandboxHandle
+from service.rlm import prompts
+from service.rlm.budget import Budget, BudgetExceeded
+from service.rlm.parsing import code_blocks, final_in_text, has_unclosed_block, strip_code
+from service.rlm.trajectory import EventSink, preview
+from service.rlm.upstream import Completion, Upstream
+
+log = logging.getLogger(__name__)
+
+# How much of a handed-over context a depth-limited rlm_query passes to its single call.
+DEPTH_LIMIT_CONTEXT_CHARS = 400_000
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    root_model: str
+    sub_model: str
+    output_max_chars: int = 20_000
+    exec_timeout_s: float = 30.0
+    batch_concurrency: int = 16
+
+
+@dataclass(slots=True)
+class RunResult:
+    answer: str
+    iterations: int
+    how: str  # answer | final | final_var | forced | partial
+    stopped_by: str | None  # None when the model answered by itself
+
+
+@dataclass(slots=True)
+class _Run:
+    id: str
+    ns: str
+    depth: int
+    budget: Budget
+    sandbox: SandboxHandle
+    emit: EventSink
+
+
+class RLMEngine:
+    def __init__(self, upstream: Upstream, cfg: EngineConfig) -> None:
+        self.upstream = upstream
+        self.cfg = cfg
+        self._child_ids = itertools.count(1)
+
+    async def run(
+        self,
+        *,
+        query: str,
+        sandbox: SandboxHandle,
+        context_info: dict[str, Any],
+        budget: Budget,
+        emit: EventSink,
+        ns: str = "root",
+        depth: int = 0,
+        model: str | None = None,
+        turn: int = 0,
+    ) -> RunResult:
+        """Run the loop until an answer, the iteration limit (forced answer) or a budget."""
+        run = _Run(uuid.uuid4().hex[:10], ns, depth, budget, sandbox, _safe(emit))
+        model = model or self.cfg.root_model
+        run.emit({
+            "event": "run_start", "run": run.id, "depth": depth, "ns": ns, "model": model,
+            "query": preview(query, 2000), "context": context_info,
+            "max_depth": budget.max_depth, "max_iterations": budget.max_iterations,
+        })  # fmt: skip
+        system = prompts.system_prompt(context_info, depth, budget.max_depth, turn)
+        messages: list[dict[str, str]] = [{"role": "system", "content": system}]
+        handler = self._handler(run)
+        answer: str | None = None
+        how = "partial"
+        stopped_by: str | None = None
+        last_text = ""
+        iterations = 0
+        t_run = time.perf_counter()
+
+        for i in range(budget.max_iterations):
+            template = prompts.FIRST_TURN if i == 0 else prompts.NEXT_TURN
+            user = {"role": "user", "content": template.format(query=query)}
+            t0 = time.perf_counter()
+            try:
+                budget.check()
+                comp = await self._complete(run, model, [*messages, user])
+            except BudgetExceeded as exc:
+                stopped_by = exc.name
+                break
+            iterations = i + 1
+            text = comp.text
+            run.emit({
+                "event": "iteration", "run": run.id, "iteration": i, "response": text,
+                "finish_reason": comp.finish_reason, "ms": round(comp.latency_s * 1000, 1),
+                "usage": {"prompt_tokens": comp.prompt_tokens, "completion_tokens": comp.completion_tokens},
+            })  # fmt: skip
+            messages.append({"role": "assistant", "content": text or "(empty response)"})
+            if not text.strip():
+                messages.append({"role": "user", "content": prompts.EMPTY_RESPONSE})
+                continue
+            last_text = text
+            feedback: list[str] = []
+            blocks = code_blocks(text)
+            for b, code in enumerate(blocks):
+                result = await sandbox.exec(code, ns, on_call=handler, timeout_s=self.cfg.exec_timeout_s)
+                feedback.append(self._format_output(b, len(blocks), result))
+                run.emit({
+                    "event": "code", "run": run.id, "iteration": i, "block": b, "code": code,
+                    "stdout": result.stdout, "stderr": result.stderr, "error": result.error,
+                    "changed": result.changed, "ms": result.duration_ms,
+                })  # fmt: skip
+                if result.answer is not None:
+                    answer, how = result.answer, "answer"
+                    break
+                if result.final is not None:
+                    answer, how = result.final, "final_var"
+                    break
+                if budget.exhausted:
+                    break
+            if answer is None and budget.exhausted:
+                stopped_by = budget.exhausted
+                break
+            if answer is None:
+                found = final_in_text(text)
+                if found is not None and found.kind == "final":
+                    answer, how = found.value, "final"
+                elif found is not None:
+                    value = await sandbox.get_var(found.value, ns)
+                    if value is None:
+                        feedback.append(prompts.MISSING_VAR.format(name=found.value))
+                    else:
+                        answer, how = value, "final_var"
+            if answer is not None:
+                break
+            if has_unclosed_block(text):
+                feedback.append(prompts.CUT_OFF)
+            elif not blocks and not feedback:
+                feedback.append(prompts.NO_CODE_NO_ANSWER)
+            messages.append({"role": "user", "content": "\n\n".join(feedback)})
+        else:
+            stopped_by = "max_iterations"
+            answer, how = await self._force_final(run, model, messages)
+            if answer is None:
+                stopped_by = budget.exhausted or stopped_by
+
+        if answer is None:
+            answer, how = strip_code(last_text), "partial"
+        run.emit({
+            "event": "final", "run": run.id, "depth": depth, "answer": answer, "how": how,
+            "stopped_by": stopped_by, "iterations": iterations,
+            "ms": round((time.perf_counter() - t_run) * 1000, 1),
+        })  # fmt: skip
+        return RunResult(answer=answer, iterations=iterations, how=how, stopped_by=stopped_by)
+
+    async def _force_final(
+        self, run: _Run, model: str, messages: list[dict[str, str]]
+    ) -> tuple[str | None, str]:
+        try:
+            run.budget.check()
+            comp = await self._complete(
+                run, model, [*messages, {"role": "user", "content": prompts.FORCE_FINAL}]
+            )
+        except BudgetExceeded:
+            return None, "partial"
+        found = final_in_text(comp.text)
+        if found is not None and found.kind == "final_var":
+            value = await run.sandbox.get_var(found.value, run.ns)
+            if value is not None:
+                return value, "forced"
+        if found is not None and found.kind == "final":
+            return found.value, "forced"
+        return strip_code(comp.text) or comp.text, "forced"
+
+    def _format_output(self, index: int, total: int, result: ExecResult) -> str:
+        limit = self.cfg.output_max_chars
+        text = result.output() or "(no output)"
+        if len(text) > limit:
+            text = text[:limit] + f"\n[... {len(text) - limit} characters cut: print less at a time]"
+        head = f"REPL output (block {index + 1} of {total}):" if total > 1 else "REPL output:"
+        if result.changed:
+            names = ", ".join(f"{c['name']} ({c['type']})" for c in result.changed[:30])
+            text += f"\n[variables set: {names}]"
+        return f"{head}\n{text}"
+
+    # ---- model calls -------------------------------------------------------------------
+
+    async def _complete(self, run: _Run, model: str, messages: list[dict[str, str]]) -> Completion:
+        remaining = run.budget.remaining_s()
+        if remaining <= 0:
+            run.budget.check()
+        comp = await self.upstream.complete(model, messages, timeout_s=max(remaining, 1.0))
+        run.budget.usage.add(comp.prompt_tokens, comp.completion_tokens)
+        return comp
+
+    def _handler(self, run: _Run):  # type: ignore[no-untyped-def]
+        async def on_call(kind: str, body: dict[str, Any]) -> Any:
+            if kind == "llm":
+                run.budget.take_sub_call()
+                return await self._sub_llm(run, str(body.get("prompt", "")), body.get("model"))
+            if kind == "llm_batched":
+                items = [str(p) for p in body.get("prompts") or []]
+                run.budget.take_sub_call(len(items))
+                return await self._bounded(
+                    [self._sub_llm(run, p, body.get("model")) for p in items]
+                )
+            if kind == "rlm":
+                run.budget.take_sub_call()
+                return await self._child(run, str(body.get("query", "")), body.get("context_ref"))
+            if kind == "rlm_batched":
+                reqs = [r for r in body.get("items") or [] if isinstance(r, dict)]
+                run.budget.take_sub_call(len(reqs))
+                return await self._bounded(
+                    [self._child(run, str(r.get("query", "")), r.get("context_ref")) for r in reqs]
+                )
+            raise ValueError(f"unknown call kind {kind!r}")
+
+        return on_call
+
+    async def _bounded(self, coros: list[Any]) -> list[str]:
+        """Run concurrently (at most batch_concurrency at once); failures become "Error: ..."."""
+        gate = asyncio.Semaphore(self.cfg.batch_concurrency)
+
+        async def one(coro: Any) -> str:
+            async with gate:
+                try:
+                    return str(await coro)
+                except (BudgetExceeded, Exception) as exc:  # noqa: BLE001
+                    return f"Error: {exc}"
+
+        return list(await asyncio.gather(*(one(c) for c in coros)))
+
+    async def _sub_llm(self, run: _Run, prompt: str, model: Any, kind: str = "llm") -> str:
+        model_name = str(model) if model else self.cfg.sub_model
+        t0 = time.perf_counter()
+        comp = await self._complete(run, model_name, [{"role": "user", "content": prompt}])
+        run.emit({
+            "event": "sub_call", "run": run.id, "kind": kind, "depth": run.depth + 1,
+            "model": model_name, "prompt": preview(prompt), "answer": preview(comp.text),
+            "prompt_tokens": comp.prompt_tokens, "completion_tokens": comp.completion_tokens,
+            "ms": round((time.perf_counter() - t0) * 1000, 1),
+        })  # fmt: skip
+        return comp.text
+
+    async def _child(self, parent: _Run, query: str, context_ref: str | None) -> str:
+        """A recursive run one level down, or a single sub-model call at the depth limit."""
+        child_ns = f"{parent.ns}/{next(self._child_ids)}"
+        sandbox = parent.sandbox
+        if parent.depth + 1 > parent.budget.max_depth:
+            prompt = query
+            if context_ref is not None:
+                await sandbox.new_namespace(child_ns, context_ref=context_ref)
+                try:
+                    text = await sandbox.get_var("context", child_ns) or ""
+                finally:
+                    await sandbox.drop_namespace(child_ns)
+                if len(text) > DEPTH_LIMIT_CONTEXT_CHARS:
+                    text = text[:DEPTH_LIMIT_CONTEXT_CHARS] + "\n[... context cut]"
+                prompt = f"{query}\n\nContext:\n{text}"
+            return await self._sub_llm(parent, prompt, None, kind="rlm_as_llm")
+        info = await sandbox.new_namespace(
+            child_ns, context_ref=context_ref, context=query if context_ref is None else None
+        )
+        t0 = time.perf_counter()
+        try:
+            result = await self.run(
+                query=query, sandbox=sandbox, context_info=info, budget=parent.budget,
+                emit=parent.emit, ns=child_ns, depth=parent.depth + 1, model=self.cfg.sub_model,
+            )  # fmt: skip
+        finally:
+            if sandbox.alive:
+                try:
+                    await sandbox.drop_namespace(child_ns)
+                except Exception:  # noqa: BLE001 - the child's namespace is garbage either way
+                    log.debug("dropping namespace %s failed", child_ns)
+        parent.emit({
+            "event": "sub_call", "run": parent.id, "kind": "rlm", "depth": parent.depth + 1,
+            "model": self.cfg.sub_model, "prompt": preview(query), "answer": preview(result.answer),
+            "iterations": result.iterations, "ms": round((time.perf_counter() - t0) * 1000, 1),
+        })  # fmt: skip
+        return result.answer
+
+
+def _safe(emit: EventSink) -> EventSink:
+    def wrapped(ev: dict[str, Any]) -> None:
+        ev.setdefault("t", time.time())
+        try:
+            emit(ev)
+        except Exception:  # noqa: BLE001 - a broken listener must not break the run
+            log.exception("trajectory listener failed")
+
+    return wrapped

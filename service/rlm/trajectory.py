@@ -1,0 +1,123 @@
+"""Trajectory events of a run, and the JSONL file they are written to.
+
+Events are plain dicts ``{"event": kind, "run": run_id, "t": seconds, ...}`` delivered to a
+callback (streaming, the viewer, metrics). With ``RLM_TRAJECTORY_DIR`` set, the root run is
+also written as JSONL in the official RLM library's shape: one ``metadata`` line, then one
+``iteration`` line per root iteration with its code blocks, their results and the sub-calls
+they made. Secrets are redacted from everything written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[dict[str, Any]], None]
+PREVIEW_CHARS = 500
+
+
+def preview(text: str, n: int = PREVIEW_CHARS) -> str:
+    return text if len(text) <= n else text[:n] + f"... [{len(text) - n} more chars]"
+
+
+class Redactor:
+    """Replaces secret values (API keys) with a marker."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        self._secrets = sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "[redacted]")
+        return text
+
+
+class TrajectoryWriter:
+    """Collects a request's events and writes the official-shaped JSONL at the end."""
+
+    def __init__(self, directory: str, trajectory_id: str, redact: Redactor) -> None:
+        self.path = Path(directory) / f"{trajectory_id}.jsonl"
+        self._redact = redact
+        self._meta: dict[str, Any] = {}
+        self._iterations: dict[int, dict[str, Any]] = {}
+        self._root_run: str | None = None
+        self._calls: list[dict[str, Any]] = []
+
+    def __call__(self, ev: dict[str, Any]) -> None:
+        kind = ev["event"]
+        if kind == "run_start" and ev.get("depth") == 0:
+            self._root_run = ev["run"]
+            self._meta = {
+                "type": "metadata",
+                "root_model": ev.get("model"),
+                "max_depth": ev.get("max_depth"),
+                "max_iterations": ev.get("max_iterations"),
+                "backend": "openai",
+                "environment_type": "rlm-py-sandbox",
+                "query": ev.get("query"),
+                "context": ev.get("context"),
+                "timestamp": time.time(),
+            }
+            return
+        if ev.get("run") != self._root_run and kind != "sub_call":
+            return
+        if kind == "iteration":
+            self._iterations[ev["iteration"]] = {
+                "type": "iteration",
+                "iteration": ev["iteration"] + 1,
+                "timestamp": time.time(),
+                "response": ev.get("response", ""),
+                "code_blocks": [],
+                "final_answer": None,
+                "iteration_time": ev.get("ms", 0) / 1000,
+                "usage": ev.get("usage"),
+            }
+        elif kind == "code":
+            it = self._iterations.get(ev["iteration"])
+            if it is not None:
+                it["code_blocks"].append(
+                    {
+                        "code": ev.get("code", ""),
+                        "result": {
+                            "stdout": ev.get("stdout", ""),
+                            "stderr": ev.get("stderr", ""),
+                            "locals": {c["name"]: c["repr"] for c in ev.get("changed", [])},
+                            "execution_time": ev.get("ms", 0) / 1000,
+                            "rlm_calls": self._calls,
+                        },
+                    }
+                )
+                self._calls = []
+        elif kind == "sub_call":
+            self._calls.append(
+                {
+                    "root_model": ev.get("model"),
+                    "prompt": ev.get("prompt", ""),
+                    "response": ev.get("answer", ""),
+                    "kind": ev.get("kind"),
+                    "depth": ev.get("depth"),
+                    "execution_time": ev.get("ms", 0) / 1000,
+                }
+            )
+        elif kind == "final" and self._iterations:
+            last = self._iterations[max(self._iterations)]
+            last["final_answer"] = ev.get("answer")
+
+    def write(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lines = [self._meta] + [self._iterations[k] for k in sorted(self._iterations)]
+            text = "".join(self._redact(json.dumps(line, ensure_ascii=False, default=str)) + "\n" for line in lines)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.warning("could not write trajectory %s: %s", self.path, exc)

@@ -1,0 +1,136 @@
+"""The upstream model API: ``openai.AsyncOpenAI`` with our retry policy, a per-call timeout
+and one process-wide limit on concurrent calls.
+
+Retry policy is two small pure functions (``should_retry``, ``backoff_s``); the SDK's own
+retries are off so there is exactly one policy. OpenAI SDK exceptions are translated into
+``UpstreamError`` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+
+import httpx
+import openai
+
+from service.errors import UpstreamError
+
+RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+BACKOFF_BASE_S = 0.5
+BACKOFF_MAX_S = 8.0
+
+
+def should_retry(exc: BaseException) -> bool:
+    """429, 5xx, timeouts and dropped connections are worth another try; 4xx are not."""
+    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code in RETRY_STATUSES
+    return False
+
+
+def backoff_s(attempt: int, retry_after: float | None = None) -> float:
+    """Exponential backoff with full jitter; a server's Retry-After (bounded) wins."""
+    if retry_after is not None and 0 <= retry_after <= 60:
+        return retry_after
+    return random.uniform(0, min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**attempt))
+
+
+@dataclass(slots=True)
+class Completion:
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    model: str
+
+
+class Upstream:
+    """One shared client for the whole process."""
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None,
+        base_url: str | None,
+        timeout_s: float,
+        retries: int,
+        concurrency: int,
+    ) -> None:
+        self.client = openai.AsyncOpenAI(
+            api_key=api_key or "not-set",
+            base_url=base_url,
+            max_retries=0,
+            timeout=timeout_s,
+            http_client=httpx.AsyncClient(
+                limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+                timeout=timeout_s,
+            ),
+        )
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.gate = asyncio.Semaphore(concurrency)
+        self.in_flight = 0
+        self.calls_total = 0
+
+    async def complete(
+        self, model: str, messages: list[dict[str, str]], *, timeout_s: float | None = None
+    ) -> Completion:
+        """One chat completion with retries; raises UpstreamError when it can't be had."""
+        attempt = 0
+        timeout = min(self.timeout_s, timeout_s) if timeout_s else self.timeout_s
+        while True:
+            t0 = time.perf_counter()
+            try:
+                async with self.gate:
+                    self.in_flight += 1
+                    self.calls_total += 1
+                    try:
+                        resp = await self.client.chat.completions.create(
+                            model=model, messages=messages, timeout=timeout  # type: ignore[arg-type]
+                        )
+                    finally:
+                        self.in_flight -= 1
+            except openai.OpenAIError as exc:
+                if attempt < self.retries and should_retry(exc):
+                    await asyncio.sleep(backoff_s(attempt, _retry_after(exc)))
+                    attempt += 1
+                    continue
+                raise UpstreamError(_describe(exc, model)) from exc
+            choice = resp.choices[0] if resp.choices else None
+            usage = resp.usage
+            return Completion(
+                text=(choice.message.content or "") if choice else "",
+                finish_reason=choice.finish_reason if choice else None,
+                prompt_tokens=usage.prompt_tokens if usage else 0,
+                completion_tokens=usage.completion_tokens if usage else 0,
+                latency_s=time.perf_counter() - t0,
+                model=model,
+            )
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    if isinstance(exc, openai.APIStatusError):
+        value = exc.response.headers.get("retry-after")
+        try:
+            return float(value) if value else None
+        except ValueError:
+            return None
+    return None
+
+
+def _describe(exc: openai.OpenAIError, model: str) -> str:
+    if isinstance(exc, openai.APITimeoutError):
+        return f"upstream model {model!r} timed out (RLM_UPSTREAM_TIMEOUT_S)"
+    if isinstance(exc, openai.APIConnectionError):
+        return f"upstream model API unreachable (OPENAI_BASE_URL): {exc}"
+    if isinstance(exc, openai.APIStatusError):
+        return f"upstream model {model!r} answered {exc.status_code}: {str(exc.message)[:300]}"
+    return f"upstream model call failed: {str(exc)[:300]}"
