@@ -4,6 +4,7 @@
     ├── BadRequest           400 invalid_request_error
     ├── Unauthorized         401 authentication_error
     ├── NotFound             404 not_found_error   (unknown model, session of another key)
+    ├── Conflict             409 invalid_request_error (deleting a busy session)
     ├── PayloadTooLarge      413 invalid_request_error
     ├── Overloaded           429 rate_limit_error  (queue full; Retry-After)
     ├── ShuttingDown         503 service_unavailable (draining; Retry-After)
@@ -95,3 +96,9 @@ class DeadlineExceeded(ServiceError):
     status = 504
     type = "timeout"
     code = "request_timeout"
+
+
+class Conflict(ServiceError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"

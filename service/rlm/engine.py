@@ -98,7 +98,6 @@ class RLMEngine:
         for i in range(budget.max_iterations):
             template = prompts.FIRST_TURN if i == 0 else prompts.NEXT_TURN
             user = {"role": "user", "content": template.format(query=query)}
-            t0 = time.perf_counter()
             try:
                 budget.check()
                 comp = await self._complete(run, model, [*messages, user])

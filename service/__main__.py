@@ -1,0 +1,53 @@
+"""``python -m service``: run the HTTP service with graceful shutdown.
+
+On SIGTERM/SIGINT ``/readyz`` turns 503 and new chat requests get 503 at once; requests in
+flight get ``RLM_SHUTDOWN_GRACE_S`` to finish, then are cancelled; every sandbox container
+is removed before the process exits.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import uvicorn
+from pydantic import ValidationError
+
+from service import logs
+from service.app import create_app
+from service.config import Settings
+
+
+def main() -> int:
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"rlm-py: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    logs.setup(settings.rlm_log_level)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.rlm_host,
+        port=settings.rlm_port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(max(1, settings.rlm_shutdown_grace_s)),
+        timeout_keep_alive=75,  # longer than the ALB's default idle reuse, avoids 502 races
+        backlog=2048,
+        h11_max_incomplete_event_size=64 * 1024,
+    )
+    server = uvicorn.Server(config)
+    original = server.handle_exit
+
+    def handle_exit(sig: int, frame: Any) -> None:
+        app.state.admission.draining = True  # /readyz 503 and no new work from now on
+        original(sig, frame)
+
+    server.handle_exit = handle_exit  # type: ignore[method-assign]
+    server.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""Application factory: wires settings, sandbox pool, upstream, engine, sessions and routes.
+
+The request-id/metrics/log middleware is plain ASGI (no BaseHTTPMiddleware) so streaming
+responses pass straight through. Every error becomes OpenAI's envelope here, in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sandbox.pool import SandboxPool
+from service.chat import ChatService
+from service.config import Settings
+from service.constants import REQUEST_ID_HEADER, SHOULD_RETRY_HEADER
+from service.errors import BadRequest, NotFound, ServiceError
+from service.metrics import Metrics
+from service.rlm.engine import EngineConfig, RLMEngine
+from service.rlm.upstream import Upstream
+from service.sessions import Admission, SessionStore
+
+log = logging.getLogger("service")
+_RID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def error_response(exc: ServiceError, request_id: str | None = None) -> JSONResponse:
+    headers: dict[str, str] = {}
+    if exc.retry_after is not None:
+        headers["retry-after"] = str(exc.retry_after)
+    if exc.code_ran:
+        headers[SHOULD_RETRY_HEADER] = "false"
+    if request_id:
+        headers[REQUEST_ID_HEADER] = request_id
+    return JSONResponse(exc.to_envelope(), status_code=exc.status, headers=headers)
+
+
+class RequestContext:
+    """Pure ASGI middleware: request id, metrics and one JSON log line per request."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
+        rid = incoming if _RID_RE.match(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        status = 500
+        t0 = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((REQUEST_ID_HEADER.encode(), rid.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            elapsed = time.perf_counter() - t0
+            route = scope.get("route")
+            path = getattr(route, "path", None) or ("/ui" if scope["path"].startswith("/ui") else "other")
+            self.metrics.requests.labels(path, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(path, str(status)).observe(elapsed)
+            if path not in ("/metrics", "/healthz", "/readyz"):
+                state = scope.get("state", {})
+                log.info(
+                    "request",
+                    extra={
+                        "request_id": rid, "method": scope["method"], "path": path, "status": status,
+                        "ms": round(elapsed * 1000, 2), "session_id": state.get("session_id"),
+                        "tokens": state.get("tokens"),
+                    },
+                )  # fmt: skip
+
+
+def create_app(settings: Settings) -> FastAPI:
+    metrics = Metrics()
+    pool = SandboxPool(settings.sandbox_config(), settings.rlm_sandbox_pool_size)
+    upstream = Upstream(
+        api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
+        base_url=settings.openai_base_url,
+        timeout_s=settings.rlm_upstream_timeout_s,
+        retries=settings.rlm_upstream_retries,
+        concurrency=settings.rlm_upstream_concurrency,
+    )
+    engine = RLMEngine(
+        upstream,
+        EngineConfig(
+            root_model=settings.rlm_root_model,
+            sub_model=settings.rlm_sub_model,
+            output_max_chars=settings.rlm_output_max_chars,
+            exec_timeout_s=settings.rlm_exec_timeout_s,
+            batch_concurrency=settings.rlm_batch_concurrency,
+        ),
+    )
+    admission = Admission(settings.rlm_max_running, settings.rlm_max_queued)
+    sessions = SessionStore(pool, max_sessions=settings.rlm_max_sessions, ttl_s=settings.rlm_session_ttl_s)
+    chat = ChatService(settings, engine, pool, admission, metrics)
+    metrics.bind_gauges(
+        sessions=lambda: len(sessions), idle=lambda: pool.idle, busy=lambda: pool.in_use,
+        starting=lambda: pool.starting, queued=lambda: admission.queued, running=lambda: admission.running,
+    )  # fmt: skip
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await pool.start()
+        sessions.start()
+        app.state.started = True
+        try:
+            yield
+        finally:
+            admission.draining = True
+            await sessions.close_all()
+            await pool.close()
+            await upstream.close()
+
+    app = FastAPI(
+        title="rlm-py",
+        version="0.1.0",
+        description="Recursive Language Models behind an OpenAI-compatible API",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.pool = pool
+    app.state.sessions = sessions
+    app.state.admission = admission
+    app.state.chat = chat
+    app.state.upstream = upstream
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(exc, request.scope.get("state", {}).get("request_id"))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return error_response(BadRequest(f"{loc}: {first.get('msg', 'invalid request')}", param=loc or None))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            err: ServiceError = NotFound(f"no route {request.url.path}")
+        else:
+            err = ServiceError(str(exc.detail))
+            err.status = exc.status_code
+            err.type = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return error_response(err)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc)
+        return error_response(ServiceError("internal error; see the service log for the request id"))
+
+    from service.api import routes
+
+    app.include_router(routes.router)
+    with contextlib.suppress(ImportError):
+        from service.ui import routes as ui_routes
+
+        app.include_router(ui_routes.router)
+    app.add_middleware(RequestContext, metrics=metrics)
+    return app
+
+
+async def wait_until(predicate: Any, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
