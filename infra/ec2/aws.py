@@ -8,6 +8,7 @@ Only instances tagged Name=rlm-py are ever selected, so nothing else in the acco
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -79,15 +80,26 @@ def aws_errors() -> Iterator[None]:
         raise AwsError(str(exc)) from exc
 
 
-@dataclass(frozen=True)
 class Aws:
-    """Clients of one region, and how long to wait and retry."""
+    """Clients of one region, and how long to wait and retry.
 
-    region: str
-    ec2: Any
-    ssm: Any
-    iam: Any
-    timing: Timing
+    SSM and IAM clients are made on first use: most commands need only EC2, and making a
+    client costs a noticeable fraction of a second.
+    """
+
+    def __init__(self, session: boto3.Session, region: str, timing: Timing) -> None:
+        self.region = region
+        self.timing = timing
+        self._session = session
+        self.ec2: Any = session.client("ec2")
+
+    @functools.cached_property
+    def ssm(self) -> Any:
+        return self._session.client("ssm")
+
+    @functools.cached_property
+    def iam(self) -> Any:
+        return self._session.client("iam")
 
 
 def connect(session: boto3.Session, timing: Timing) -> Aws:
@@ -97,13 +109,7 @@ def connect(session: boto3.Session, timing: Timing) -> Aws:
         raise ConfigError(NO_REGION)
     if session.get_credentials() is None:
         raise ConfigError(NO_CREDENTIALS)
-    return Aws(
-        region=region,
-        ec2=session.client("ec2"),
-        ssm=session.client("ssm"),
-        iam=session.client("iam"),
-        timing=timing,
-    )
+    return Aws(session, region, timing)
 
 
 def _retry_eventual(aws: Aws, call: Any, what: str) -> Any:
@@ -228,12 +234,13 @@ class LaunchSpec:
     root_gb: int
     security_group_id: str
     client_token: str
+    instance_profile: str | None = None
 
 
 def run_request(spec: LaunchSpec) -> dict[str, Any]:
     """The RunInstances parameters for the dev instance (printed as is by --dry-run)."""
     tags = [_name_tag()]
-    return {
+    request: dict[str, Any] = {
         "ImageId": spec.image_id,
         "InstanceType": spec.instance_type,
         "MinCount": 1,
@@ -259,6 +266,9 @@ def run_request(spec: LaunchSpec) -> dict[str, Any]:
             {"ResourceType": "volume", "Tags": tags},
         ],
     }
+    if spec.instance_profile:
+        request["IamInstanceProfile"] = {"Name": spec.instance_profile}
+    return request
 
 
 # --- images and instance types ---------------------------------------------------------

@@ -3,11 +3,11 @@
 Commands:
     aws-setup [--iam-user U]   credentials (asked for if none), an access key for U,
                                key pair rlm-py and ./rlm-py.pem (0400)
-    create [--arch A] [--instance-type T] [--root-gb N]
+    create [--arch A] [--instance-type T] [--root-gb N] [--instance-profile P]
                                launch Ubuntu 24.04 (or the baked AMI) in the default VPC
     conn [ID] [--ssh-cidr C] [--app-cidr C]
                                open tcp/22 and the service port, rsync the repo, ssh in
-    ec2-setup                  on the instance: provision it with ami/playbook.yml
+    ec2-setup [-e KEY=VALUE]   on the instance: provision it with ami/playbook.yml
     list                       table of rlm-py instances
     start|stop|reboot|delete [ID]
                                change state and wait for it
@@ -65,6 +65,10 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--root-gb", type=int, default=DEFAULT_ROOT_GB, help="gp3 root volume, GiB")
     s.add_argument("--client-token", help="idempotency token (default: a fresh one per run)")
+    s.add_argument(
+        "--instance-profile",
+        help="IAM instance profile, e.g. one that may read /rlm-py/* in SSM (default: none)",
+    )
 
     s = sub.add_parser("conn", parents=[common], help="open ports, sync the repo, ssh in")
     s.add_argument("instance_id", nargs="?")
@@ -76,6 +80,14 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("ec2-setup", parents=[common], help="on the instance: run the playbook")
     s.add_argument("--force", action="store_true", help="run even if this isn't an EC2 host")
+    s.add_argument(
+        "-e",
+        "--extra-var",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="playbook variable (ami/group_vars/all.yml), repeatable",
+    )
 
     sub.add_parser("list", parents=[common], help=f"table of {NAME} instances")
     for name in ("start", "stop", "reboot", "delete"):
@@ -92,8 +104,7 @@ def ec2_setup(args: argparse.Namespace, deps: Deps) -> int:
     if not playbook.is_file():
         raise NotFound(f"{playbook} not found: sync the repo first (`make conn`)")
     steps = [] if deps.which("ansible-playbook") else [list(c) for c in host.INSTALL_ANSIBLE]
-    extra = host.playbook_vars(deps.repo_root, host.host_arch(deps.machine()))
-    steps.append(host.playbook_command(deps.repo_root, extra))
+    steps.append(host.playbook_command(deps.repo_root, args.extra_var))
     for cmd in steps:
         if args.dry_run:
             print("would run " + shlex.join(cmd))

@@ -162,6 +162,7 @@ def create(args: argparse.Namespace, deps: Deps) -> int:
         # One token per `create`, reused by its retries (see aws.run_instance); a script
         # may pass its own to make reruns of the same launch idempotent too.
         client_token=args.client_token or f"{NAME}-{uuid.uuid4()}",
+        instance_profile=args.instance_profile,
     )
     request = aws.run_request(spec)
     if args.dry_run:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import platform
 import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -52,7 +51,6 @@ class Deps:
     prompt: Callable[[str, bool], str] = ask
     interactive: Callable[[], bool] = field(default=lambda: sys.stdin.isatty())
     on_ec2: Callable[[], bool] = host.on_ec2
-    machine: Callable[[], str] = platform.machine
     repo_root: Path = field(default_factory=default_repo_root)
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     timing: Timing = field(default_factory=Timing)

@@ -6,13 +6,12 @@ errors and settings) uses the standard library only; boto3 is not needed on the 
 
 from __future__ import annotations
 
-import getpass
 import json
-import platform
+from collections.abc import Sequence
 from pathlib import Path
 
 from infra.ec2.errors import UsageError
-from service.constants import DEFAULT_PORT, DEFAULT_SANDBOX_IMAGE
+from service.constants import DEFAULT_SANDBOX_IMAGE
 
 PLAYBOOK = Path("ami") / "playbook.yml"
 # Ubuntu 24.04 packages ansible-core 2.16, which is what the playbook targets.
@@ -20,18 +19,6 @@ INSTALL_ANSIBLE = (
     ("sudo", "apt-get", "update", "-q"),
     ("sudo", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q", "ansible-core"),
 )
-_ARCH = {"aarch64": "arm64", "arm64": "arm64", "x86_64": "x86_64", "amd64": "x86_64"}
-
-
-def host_arch(machine: str | None = None) -> str:
-    """This host's arch in the CLI's spelling (arm64 or x86_64)."""
-    machine = machine or platform.machine()
-    try:
-        return _ARCH[machine.lower()]
-    except KeyError:
-        raise UsageError(
-            f"unsupported machine {machine!r}: rlm-py hosts are arm64 or x86_64"
-        ) from None
 
 
 def on_ec2(sys_root: Path = Path("/sys")) -> bool:
@@ -49,27 +36,19 @@ def on_ec2(sys_root: Path = Path("/sys")) -> bool:
         return False
 
 
-def playbook_vars(repo_root: Path, arch: str, user: str | None = None) -> dict[str, object]:
-    """Extra vars handed to the playbook: where the repo is and how the service runs."""
-    return {
-        "rlm_repo_dir": str(repo_root),
-        "rlm_arch": arch,
-        "rlm_user": user or getpass.getuser(),
-        "rlm_port": DEFAULT_PORT,
-        "rlm_sandbox_image": DEFAULT_SANDBOX_IMAGE,
-    }
+def playbook_command(repo_root: Path, extra: Sequence[str] = ()) -> list[str]:
+    """ansible-playbook against this host, without SSH (`-c local`).
 
-
-def playbook_command(repo_root: Path, extra_vars: dict[str, object]) -> list[str]:
-    """ansible-playbook against this host, without SSH (`-c local`)."""
-    return [
-        "ansible-playbook",
-        "-i",
-        "localhost,",
-        "-c",
-        "local",
-        str(repo_root / PLAYBOOK),
-        # One JSON document keeps types (the port stays an int) and needs no quoting.
-        "--extra-vars",
-        json.dumps(extra_vars, sort_keys=True),
-    ]
+    The playbook becomes root itself and finds the arch from the host's facts; only where
+    this checkout is and the sandbox tag are passed, plus the caller's KEY=VALUE `extra`
+    (ami/group_vars/all.yml lists the variables).
+    """
+    own = {"rlm_repo_dir": str(repo_root), "sandbox_image": DEFAULT_SANDBOX_IMAGE}
+    cmd = ["ansible-playbook", "-i", "localhost,", "-c", "local", str(repo_root / PLAYBOOK)]
+    # One JSON document needs no quoting; the caller's KEY=VALUE pairs come later and win.
+    cmd += ["--extra-vars", json.dumps(own, sort_keys=True)]
+    for item in extra:
+        if "=" not in item:
+            raise UsageError(f"extra var {item!r} is not KEY=VALUE")
+        cmd += ["--extra-vars", item]
+    return cmd

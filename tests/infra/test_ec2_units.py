@@ -26,7 +26,7 @@ from infra.ec2.errors import (
     WaitTimeout,
 )
 from infra.ec2.retry import backoff_delays, retry
-from service.constants import DEFAULT_PORT
+from service.constants import DEFAULT_SANDBOX_IMAGE
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -116,7 +116,9 @@ def test_no_ami_parameter_at_all_is_not_found() -> None:
 
 
 def test_rsync_command_excludes_local_state_and_uses_the_key() -> None:
-    cmd = remote.rsync_command(Path("/src/rlm-py"), Path("/src/rlm-py/rlm-py.pem"), "ubuntu", "1.2.3.4")
+    cmd = remote.rsync_command(
+        Path("/src/rlm-py"), Path("/src/rlm-py/rlm-py.pem"), "ubuntu", "1.2.3.4"
+    )
     assert cmd[:2] == ["rsync", "-az"]
     assert cmd[-2:] == ["/src/rlm-py/", "ubuntu@1.2.3.4:rlm-py/"]
     excludes = {c.removeprefix("--exclude=") for c in cmd if c.startswith("--exclude=")}
@@ -163,29 +165,24 @@ def setup_deps(repo: Path, ran: list[list[str]], *, ansible: bool, status: int =
         run=run,
         which=lambda name: "/usr/bin/" + name if ansible else None,
         on_ec2=lambda: ec2,
-        machine=lambda: "aarch64",
         repo_root=repo,
         env={},
     )
 
 
-def expected_playbook(repo: Path, arch: str = "arm64") -> list[str]:
-    return [
-        "ansible-playbook", "-i", "localhost,", "-c", "local", str(repo / "ami/playbook.yml"),
-        "--extra-vars",
-    ]  # fmt: skip
-
-
 def test_ec2_setup_runs_the_playbook_locally_with_extra_vars(repo: Path) -> None:
     ran: list[list[str]] = []
-    assert main(["ec2-setup"], setup_deps(repo, ran, ansible=True)) == 0
-    assert len(ran) == 1
-    cmd = ran[0]
-    assert cmd[:-1] == expected_playbook(repo)
-    extra = json.loads(cmd[-1])
-    assert extra["rlm_repo_dir"] == str(repo)
-    assert extra["rlm_arch"] == "arm64"
-    assert extra["rlm_port"] == DEFAULT_PORT
+    assert (
+        main(["ec2-setup", "-e", "gvisor_source=release"], setup_deps(repo, ran, ansible=True)) == 0
+    )
+    assert ran == [
+        [
+            "ansible-playbook", "-i", "localhost,", "-c", "local", str(repo / "ami/playbook.yml"),
+            "--extra-vars", json.dumps({"rlm_repo_dir": str(repo), "sandbox_image": DEFAULT_SANDBOX_IMAGE}),
+            "--extra-vars", "gvisor_source=release",
+        ]
+    ]  # fmt: skip
+    assert main(["ec2-setup", "-e", "novalue"], setup_deps(repo, ran, ansible=True)) == 2
 
 
 def test_ec2_setup_installs_ansible_first_when_missing(repo: Path) -> None:
@@ -219,11 +216,7 @@ def test_ec2_setup_failures_have_exit_codes(repo: Path, capsys: pytest.CaptureFi
     assert main(["ec2-setup"], setup_deps(repo, ran, ansible=True)) == 4
 
 
-def test_host_arch_and_ec2_detection(tmp_path: Path) -> None:
-    assert host.host_arch("aarch64") == "arm64"
-    assert host.host_arch("x86_64") == "x86_64"
-    with pytest.raises(UsageError):
-        host.host_arch("riscv64")
+def test_ec2_detection(tmp_path: Path) -> None:
     assert not host.on_ec2(tmp_path)
     vendor = tmp_path / "devices/virtual/dmi/id/sys_vendor"
     vendor.parent.mkdir(parents=True)
