@@ -1,0 +1,77 @@
+"""Fixtures for the engine and HTTP tests: one scripted upstream, engines, sandboxes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from loadtest.upstream import Reply, Script, ScriptedUpstream, is_root_request, needle_policy
+from sandbox.config import SandboxConfig
+from sandbox.handle import SandboxHandle
+from sandbox.pool import launch
+from service.rlm.budget import Budget
+from service.rlm.engine import EngineConfig, RLMEngine
+from service.rlm.upstream import Upstream
+
+
+class Router:
+    """Root-loop calls go to ``root``; sub-calls (llm_query, child runs' calls) to ``sub``."""
+
+    def __init__(self, root: Any, sub: Callable[[dict[str, Any]], str | Reply] | None = None) -> None:
+        self.root = root if callable(root) else Script(root)
+        self.sub = sub or (lambda body: "sub:" + body["messages"][-1]["content"][:40])
+
+    def __call__(self, body: dict[str, Any]) -> str | Reply:
+        return self.root(body) if is_root_request(body) else self.sub(body)
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[ScriptedUpstream]:
+    with ScriptedUpstream() as up:
+        yield up
+
+
+@pytest.fixture
+def up(upstream: ScriptedUpstream) -> Iterator[ScriptedUpstream]:
+    """The shared upstream, reset for one test (policy, latency and counters)."""
+    upstream.policy = needle_policy
+    upstream.latency_s = 0.0
+    upstream.reset_stats()
+    yield upstream
+    upstream.policy = needle_policy
+    upstream.latency_s = 0.0
+
+
+@pytest.fixture
+async def client_upstream(up: ScriptedUpstream) -> AsyncIterator[Upstream]:
+    u = Upstream(api_key="sk-test-upstream", base_url=up.base_url, timeout_s=30, retries=2, concurrency=32)
+    yield u
+    await u.close()
+
+
+@pytest.fixture
+def engine(client_upstream: Upstream) -> RLMEngine:
+    return RLMEngine(client_upstream, EngineConfig(root_model="gpt-5", sub_model="gpt-5-mini", exec_timeout_s=5))
+
+
+@pytest.fixture
+async def sandbox(local_cfg: SandboxConfig) -> AsyncIterator[SandboxHandle]:
+    handle = await launch(local_cfg)
+    yield handle
+    await handle.close()
+
+
+def make_budget(**kw: Any) -> Budget:
+    args: dict[str, Any] = dict(max_iterations=10, max_depth=1, max_sub_calls=256, max_total_tokens=None)
+    args.update(kw)
+    timeout = args.pop("timeout_s", 60.0)
+    return Budget(deadline=time.monotonic() + timeout, **args)
+
+
+def haystack(n: int = 10_000, magic: int = 424242, at: int = 7777) -> str:
+    lines = [f"line {i}: nothing to see, filler text {i * 7 % 13}" for i in range(n)]
+    lines[at] = f"line {at}: the magic number is {magic}"
+    return "\n".join(lines)
