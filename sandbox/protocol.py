@@ -93,7 +93,9 @@ def encode(frame: Frame) -> bytes:
 
 def decode(header: bytes, payload: bytes, allowed: frozenset[str]) -> Frame:
     """Build a frame from its header and the bytes that followed it; validate its shape."""
-    json_len, _blob_len = HEADER.unpack(header)
+    json_len, blob_len = check_header(header)
+    if len(payload) != json_len + blob_len:
+        raise ProtocolError(f"frame of {json_len}+{blob_len} bytes arrived with {len(payload)}")
     try:
         env = json.loads(payload[:json_len])
     except (ValueError, UnicodeDecodeError) as exc:
@@ -111,6 +113,8 @@ def decode(header: bytes, payload: bytes, allowed: frozenset[str]) -> Frame:
 
 def check_header(header: bytes) -> tuple[int, int]:
     """Return (json_len, blob_len) after checking both against the limits."""
+    if len(header) != HEADER.size:
+        raise ProtocolError(f"frame header of {len(header)} bytes, expected {HEADER.size}")
     json_len, blob_len = HEADER.unpack(header)
     if json_len > MAX_JSON_BYTES or blob_len > MAX_BLOB_BYTES:
         raise ProtocolError(f"frame of {json_len}+{blob_len} bytes exceeds the size limits")
