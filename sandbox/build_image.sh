@@ -46,5 +46,5 @@ elif ! have_image "$BASE_IMAGE" && ! timeout 60 docker pull "$BASE_IMAGE" >/dev/
 fi
 
 log "building $IMAGE from $base"
-docker build -q --build-arg "BASE_IMAGE=$base" -t "$IMAGE" -f "$here/Dockerfile" "$here" >/dev/null
+docker build -q --network none --build-arg "BASE_IMAGE=$base" -t "$IMAGE" -f "$here/Dockerfile" "$here" >/dev/null
 docker run --rm --network none "$IMAGE" python3 -c "import sys; print('sandbox python', sys.version.split()[0])"

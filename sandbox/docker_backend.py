@@ -64,7 +64,7 @@ def container_spec(cfg: SandboxConfig, name: str, session: str = "") -> dict[str
     mb = cfg.memory_mb
     return dict(
         image=cfg.image,
-        command=[*WORKER_CMD, *worker_args(cfg)],
+        command=[*WORKER_CMD, *worker_args(cfg), "--max-procs", str(max_procs(cfg))],
         name=name,
         stdin_open=True,
         tty=False,
@@ -95,6 +95,18 @@ def container_spec(cfg: SandboxConfig, name: str, session: str = "") -> dict[str
     )
 
 
+def max_procs(cfg: SandboxConfig) -> int:
+    """RLIMIT_NPROC for the worker, so fork() fails before the container's pids cap is hit.
+
+    Under runsc the cap counts the runtime's own host threads: measured with the ptrace
+    platform, about 40 of them plus 5 to 8 per sandboxed process (pids 64 allowed 3 to 5
+    forks, 128 allowed 16, 256 allowed 40), and hitting it kills the whole sandbox.
+    """
+    if cfg.runtime == "runsc":
+        return max(2, (cfg.pids - 40) // 8)
+    return max(2, cfg.pids - 8)
+
+
 class DockerProcess(SandboxProcess):
     """One container running the worker, with its attach socket as the channel."""
 
@@ -113,7 +125,25 @@ class DockerProcess(SandboxProcess):
 
     @classmethod
     async def spawn(cls, cfg: SandboxConfig, session: str = "") -> DockerProcess:
-        """Create, attach and start a container; translate every Docker failure."""
+        """Create, attach and start a container; translate every Docker failure.
+
+        Cancellation-safe: the SDK calls run in threads that finish regardless, so when the
+        caller is cancelled (a pool shutting down) the start completes and is then removed.
+        """
+        task = asyncio.ensure_future(cls._spawn(cfg, session))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            try:
+                proc = await task
+            except Exception:  # noqa: BLE001 - the start failed: nothing was left behind
+                pass
+            else:
+                await proc.close()
+            raise
+
+    @classmethod
+    async def _spawn(cls, cfg: SandboxConfig, session: str) -> DockerProcess:
         name = f"rlm-{cfg.instance}-{uuid.uuid4().hex[:12]}"
         dc = client()
         container = None
@@ -199,6 +229,13 @@ class DockerProcess(SandboxProcess):
             )
         if self._killed:
             return f"the sandbox was killed by the host (exit {code})"
+        if code == 2 and self._cfg.runtime == "runsc" and not self.diagnostics().strip():
+            # The worker would have said why (argparse, traceback); a silent exit 2 is
+            # runsc itself failing, which under ptrace happens when its pids cap runs out.
+            return (
+                f"the sandbox runtime stopped (exit 2): most likely too many processes or "
+                f"threads for its cap of {self._cfg.pids} pids (RLM_SANDBOX_PIDS)"
+            )
         return f"the sandbox exited with code {code}"
 
     def diagnostics(self) -> str:

@@ -287,6 +287,10 @@ class SandboxHandle:
         self._check()
         rid = next(self._ids)
         fut: asyncio.Future[proto.Frame] = asyncio.get_running_loop().create_future()
+        if ftype in ("get_var", "vars") and not self._pending and not self._calls:
+            # These run user-defined __str__/__repr__: police them like a code block.
+            self._busy_since = time.monotonic()
+            self._busy_limit = self.cfg.hard_timeout_s
         self._pending[rid] = fut
         await self._send(proto.Frame(ftype, rid, body=body, blob=blob))
         frame = await fut
@@ -312,11 +316,18 @@ class SandboxHandle:
         rid = next(self._ids)
         timeout = timeout_s or self.cfg.exec_timeout_s
         fut: asyncio.Future[proto.Frame] = asyncio.get_running_loop().create_future()
+        body: dict[str, Any] = {"ns": ns, "code": code, "timeout": timeout}
+        if not self._pending and not self._calls:
+            # Nothing is outstanding, so the worker sits idle at its top level and starts
+            # this block as soon as it reads it: start the hard-deadline clock now and
+            # spare the worker its "state" frame (one write and one wake-up per exec).
+            self._busy_since = time.monotonic()
+            self._busy_limit = timeout + self.cfg.hard_grace_s
+            body["clock_started"] = True
         self._pending[rid] = fut
         self._exec_timeouts[rid] = timeout + self.cfg.hard_grace_s
         if on_call is not None:
             self._handlers[rid] = on_call
-        body: dict[str, Any] = {"ns": ns, "code": code, "timeout": timeout}
         if output_cap:
             body["output_cap"] = output_cap
         try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import ast
 import builtins
+import collections
 import io
 import itertools
 import json
@@ -131,13 +132,47 @@ class Worker:
         self.pending_signal: BaseException | None = None
         self.timeout_for_message = timeout_s
         self.fd_capture = tempfile.TemporaryFile()
+        self.rbuf = bytearray()
+        self.repl_files: collections.deque[str] = collections.deque()
+        self.forked = False
+        # A process forked by user code must never touch the channel: it would answer
+        # requests meant for us or steal their bytes. Its copies of the fds are closed.
+        os.register_at_fork(after_in_child=self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        self.forked = True
+        for fd in (self.rfd, self.wfd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _leave_if_forked(self) -> None:
+        """A forked child that returns into the worker ends here, silently."""
+        if self.forked:
+            os._exit(0)
 
     # ---- channel ---------------------------------------------------------------------
 
     def _read_exact(self, n: int) -> bytes:
-        buf = bytearray(n)
+        """n bytes of the channel; small frames usually cost one read(2) for header and body."""
+        have = len(self.rbuf)
+        if have >= n:
+            out = bytes(self.rbuf[:n])
+            del self.rbuf[:n]
+            return out
+        if n - have < 65536:
+            while len(self.rbuf) < n:
+                chunk = os.read(self.rfd, 65536)
+                if not chunk:
+                    raise EOFError("host closed the channel")
+                self.rbuf += chunk
+            return self._read_exact(n)
+        buf = bytearray(n)  # a large blob: read it in place, no buffer copies
+        buf[:have] = self.rbuf
+        self.rbuf.clear()
         view = memoryview(buf)
-        got = 0
+        got = have
         while got < n:
             chunk = os.readv(self.rfd, [view[got:]])
             if chunk == 0:
@@ -146,6 +181,7 @@ class Worker:
         return bytes(buf)
 
     def read_frame(self) -> proto.Frame:
+        self._leave_if_forked()
         self.in_io = True
         try:
             header = self._read_exact(proto.HEADER.size)
@@ -156,6 +192,7 @@ class Worker:
             self.in_io = False
 
     def send(self, frame: proto.Frame) -> None:
+        self._leave_if_forked()
         data = proto.encode(frame)
         self.in_io = True
         try:
@@ -175,6 +212,8 @@ class Worker:
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if self.user_depth <= 0:
+            if signum == signal.SIGALRM:  # a top-level block's timer, left running: stop it
+                signal.setitimer(signal.ITIMER_REAL, 0)
             return
         if signum == signal.SIGALRM:
             exc: BaseException = TimeoutError(
@@ -416,27 +455,49 @@ class Worker:
             ns[str(name)] = value
         return {"context": describe(value)}
 
+    def _guarded(self, fn: Any) -> Any:
+        """Run user-defined __str__/__repr__ code under the soft time limit, like a block."""
+        self.user_depth += 1
+        signal.setitimer(signal.ITIMER_REAL, self.default_timeout, 1.0)
+        try:
+            return fn()
+        finally:
+            self.user_depth -= 1
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
     def op_get_var(self, frame: proto.Frame) -> dict[str, Any]:
         ns = self.namespace(str(frame.body["ns"]))
         name = str(frame.body["name"]).strip().strip("'\"")
         if name not in ns or not _user_name(name):
             return {"found": False}
         value = ns[name]
-        try:
-            text = value if isinstance(value, str) else str(value)
-        except Exception as exc:  # noqa: BLE001
-            text = f"<str() failed: {type(exc).__name__}>"
+        if isinstance(value, str):
+            text = value
+        else:
+            try:
+                text = self._guarded(lambda: str(value))
+            except BaseException as exc:  # noqa: BLE001 - hostile __str__, or its timeout
+                text = f"<str() failed: {type(exc).__name__}>"
+            if not isinstance(text, str):
+                text = f"<str() returned {type(text).__name__}>"
         return {"found": True, "text": text[: proto.MAX_JSON_BYTES // 8], "type": type(value).__name__}
 
     def op_vars(self, frame: proto.Frame) -> dict[str, Any]:
         ns = self.namespaces.get(str(frame.body["ns"]), {})
-        out = [
-            {"name": k, "type": type(v).__name__, "repr": short_repr(v)}
-            for k, v in list(ns.items())
-            if _user_name(k)
-        ]
-        state = [{"name": k, "type": type(v).__name__, "repr": short_repr(v)} for k, v in self.state.items()]
-        return {"vars": out[:200], "state": state[:200]}
+
+        def listing() -> dict[str, Any]:
+            out = [
+                {"name": k, "type": type(v).__name__, "repr": short_repr(v)}
+                for k, v in list(ns.items())
+                if _user_name(k)
+            ]
+            state = [
+                {"name": k, "type": type(v).__name__, "repr": short_repr(v)}
+                for k, v in list(self.state.items())
+            ]
+            return {"vars": out[:200], "state": state[:200]}
+
+        return self._guarded(listing)
 
     def op_exec(self, frame: proto.Frame) -> dict[str, Any]:
         ns = self.namespace(str(frame.body.get("ns", "root")))
@@ -445,34 +506,59 @@ class Worker:
         cap = int(frame.body.get("output_cap") or self.output_cap)
         fname = f"<repl-{next(self.exec_serial)}>"
         linecache.cache[fname] = (len(code), None, code.splitlines(True), fname)
-        for stale in [k for k in linecache.cache if k.startswith("<repl-")][:-_LINECACHE_KEEP]:
-            linecache.cache.pop(stale, None)
+        self.repl_files.append(fname)
+        if len(self.repl_files) > _LINECACHE_KEEP:
+            linecache.cache.pop(self.repl_files.popleft(), None)
 
         out, err = CappedText(cap), CappedText(cap)
         before = {k: id(v) for k, v in ns.items() if _user_name(k)}
         ns.pop(_FINAL_KEY, None)
         saved = sys.stdout, sys.stderr
-        prev_timer = signal.getitimer(signal.ITIMER_REAL)
+        # Only a nested block (run while its parent waits on a call) can find a timer set.
+        nested = bool(self.exec_stack)
+        prev_timer = signal.getitimer(signal.ITIMER_REAL) if nested else (0.0, 0.0)
         prev_message = self.timeout_for_message
         error: dict[str, str] | None = None
+        changed: list[dict[str, str]] = []
+        answer_text: str | None = None
         self.exec_stack.append(frame.id)
         self.timeout_for_message = timeout
         sys.stdout, sys.stderr = out, err
         t0 = time.perf_counter()
+        duration = 0.0
         try:
-            self.send(proto.Frame("state", frame.id, body={"timeout": timeout}, busy=True))
+            # The host starts the hard-deadline clock itself when it knows we are idle with
+            # nothing queued; otherwise it learns here that this block starts now.
+            if not frame.body.get("clock_started"):
+                self.send(proto.Frame("state", frame.id, body={"timeout": timeout}, busy=True))
             self.user_depth += 1
             try:
                 signal.setitimer(signal.ITIMER_REAL, timeout, 1.0)
-                _run(code, fname, ns)
+                try:
+                    _run(code, fname, ns)
+                except BaseException as exc:  # noqa: BLE001 - user code's failure is data
+                    error = {"type": type(exc).__name__, "message": ""}
+                    error["message"] = _safe_str(exc)[:2000]
+                    err.write(_format_exc(exc))
+                duration = time.perf_counter() - t0
+                # Reprs of the block's values run user code (__repr__) too: still timed.
+                changed = [
+                    {"name": k, "type": type(v).__name__, "repr": short_repr(v)}
+                    for k, v in list(ns.items())
+                    if _user_name(k) and before.get(k) != id(v)
+                ]
+                answer = ns.get("answer")
+                if isinstance(answer, dict) and answer.get("ready"):
+                    content = answer.get("content")
+                    answer_text = "" if content is None else _safe_str(content)
             finally:
                 self.user_depth -= 1
-                signal.setitimer(signal.ITIMER_REAL, 0)
-        except BaseException as exc:  # noqa: BLE001 - user code's failure is data
-            error = {"type": type(exc).__name__, "message": _safe_str(exc)[:2000]}
-            err.write(_format_exc(exc))
+                if nested:  # a top-level block leaves its timer running: see _on_signal
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+        except BaseException as exc:  # noqa: BLE001 - a timeout or interrupt in the bookkeeping
+            error = error or {"type": type(exc).__name__, "message": _safe_str(exc)[:2000]}
         finally:
-            duration = time.perf_counter() - t0
+            duration = duration or time.perf_counter() - t0
             sys.stdout, sys.stderr = saved
             self.exec_stack.pop()
             self.timeout_for_message = prev_message
@@ -481,12 +567,6 @@ class Worker:
         if not self.exec_stack:  # values handed to children that never started
             self.handoff.clear()
         stdout = out.getvalue() + self._drain_fd_capture(cap)
-        changed = [
-            {"name": k, "type": type(v).__name__, "repr": short_repr(v)}
-            for k, v in list(ns.items())
-            if _user_name(k) and before.get(k) != id(v)
-        ]
-        answer = ns.get("answer")
         body: dict[str, Any] = {
             "stdout": stdout,
             "stderr": err.getvalue(),
@@ -496,9 +576,8 @@ class Worker:
             "changed": changed[:100],
             "duration_ms": round(duration * 1000, 3),
         }
-        if isinstance(answer, dict) and answer.get("ready"):
-            content = answer.get("content")
-            body["answer"] = "" if content is None else _text(content)
+        if answer_text is not None:
+            body["answer"] = answer_text
         if _FINAL_KEY in ns:
             body["final"] = ns.pop(_FINAL_KEY)
         return body
@@ -547,7 +626,14 @@ def _run(code: str, fname: str, ns: dict[str, Any]) -> None:
 
 
 def _format_exc(exc: BaseException) -> str:
-    """A traceback without the worker's own frames."""
+    """A traceback without the worker's own frames; never raises (hostile __str__)."""
+    try:
+        return _format_exc_unsafe(exc)
+    except BaseException:  # noqa: BLE001
+        return f"{type(exc).__name__} (its traceback could not be formatted)\n"
+
+
+def _format_exc_unsafe(exc: BaseException) -> str:
     if isinstance(exc, SyntaxError):
         return "".join(traceback.format_exception_only(type(exc), exc))
     te = traceback.TracebackException.from_exception(exc)
@@ -569,6 +655,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-cap", type=int, default=1_000_000)
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--memory-bytes", type=int, default=0)
+    parser.add_argument("--max-procs", type=int, default=0)
     args = parser.parse_args(argv)
 
     rfd, wfd = _private_channel()
@@ -583,6 +670,12 @@ def main(argv: list[str] | None = None) -> int:
 
         # A MemoryError in the code block beats the runtime killing the whole sandbox.
         resource.setrlimit(resource.RLIMIT_AS, (args.memory_bytes, args.memory_bytes))
+    if args.max_procs > 0:
+        import resource
+
+        # fork() fails with EAGAIN here, well before the container's pids cap, where the
+        # runtime itself could no longer start threads and the whole sandbox would die.
+        resource.setrlimit(resource.RLIMIT_NPROC, (args.max_procs, args.max_procs))
     signal.signal(signal.SIGALRM, worker._on_signal)
     signal.signal(signal.SIGINT, worker._on_signal)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
