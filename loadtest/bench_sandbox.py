@@ -1,0 +1,148 @@
+"""Sandbox benchmark: start, acquire, exec, context load, nested call, idle memory.
+
+``python -m loadtest.bench_sandbox`` (or ``make bench``) prints a markdown table of median
+and p95 per measurement. Idle memory is measured from the host: the summed RSS (VmRSS from
+/proc) of every host process whose command line names the container id (runsc-sandbox,
+runsc-gofer, the containerd shim), i.e. what the sandbox costs the machine while it waits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sandbox.config import SandboxConfig
+from sandbox.pool import SandboxPool, launch
+
+AIMS = {
+    "cold start": "< 500 ms",
+    "warm acquire": "< 10 ms",
+    "exec `1`": "< 1 ms",
+    "load 1 MB": "",
+    "load 100 MB": "< 1500 ms",
+    "nested llm_query": "",
+    "idle memory (MB)": "< 25 MB",
+}
+
+
+def _row(name: str, samples: list[float], unit: str = "ms") -> dict[str, Any]:
+    ordered = sorted(samples)
+    p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+    return {
+        "name": name, "n": len(samples), "unit": unit,
+        "median": statistics.median(ordered), "p95": p95, "aim": AIMS.get(name, ""),
+    }  # fmt: skip
+
+
+async def _timed(fn: Callable[[], Awaitable[Any]], n: int, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        await fn()
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        await fn()
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def host_rss_mb(container_id: str) -> float:
+    """Summed VmRSS of the host processes that name this container (runsc, gofer, shim)."""
+    total_kb = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if container_id.encode() not in f.read():
+                    continue
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total_kb += int(line.split()[1])
+        except OSError:
+            continue
+    return total_kb / 1024
+
+
+async def run(cfg: SandboxConfig | None = None, *, n: int = 200, starts: int = 10) -> list[dict[str, Any]]:
+    """Run every measurement and return one row per measurement."""
+    cfg = cfg or SandboxConfig(instance="rlm-bench")
+    rows: list[dict[str, Any]] = []
+
+    cold: list[float] = []
+    idle_mb: list[float] = []
+    for _ in range(starts):
+        t0 = time.perf_counter()
+        handle = await launch(cfg)
+        cold.append((time.perf_counter() - t0) * 1000)
+        if cfg.backend == "docker":
+            await asyncio.sleep(0.5)
+            idle_mb.append(host_rss_mb(handle.process.id))  # type: ignore[attr-defined]
+        await handle.close()
+    rows.append(_row("cold start", cold))
+
+    pool = SandboxPool(cfg, size=2)
+    await pool.start()
+    acquire: list[float] = []
+    try:
+        for _ in range(min(starts, 10)):
+            while pool.idle < 2:  # noqa: ASYNC110 - the pool exposes counts, not events
+                await asyncio.sleep(0.02)
+            t0 = time.perf_counter()
+            handle = await pool.acquire()
+            acquire.append((time.perf_counter() - t0) * 1000)
+            await pool.release(handle)
+    finally:
+        await pool.close()
+    rows.append(_row("warm acquire", acquire))
+
+    async def instant(kind: str, body: dict[str, Any]) -> Any:
+        return "ok" if kind == "llm" else ["ok"] * len(body.get("prompts") or body.get("items") or [])
+
+    handle = await launch(cfg)
+    try:
+        rows.append(_row("exec `1`", await _timed(lambda: handle.exec("1"), n)))
+        one_mb = "x" * 2**20
+        rows.append(_row("load 1 MB", await _timed(lambda: handle.load(one_mb), max(20, n // 10))))
+        hundred_mb = "y" * (100 * 2**20)
+        rows.append(_row("load 100 MB", await _timed(lambda: handle.load(hundred_mb), 5, warmup=1)))
+        await handle.exec("del context")
+        base = await _timed(lambda: handle.exec("1"), n)
+        nested = await _timed(lambda: handle.exec("llm_query('q')", on_call=instant), n)
+        # The row is the call's own cost: the exec round trip around it is subtracted.
+        rows.append(_row("nested llm_query", [t - statistics.median(base) for t in nested]))
+    finally:
+        await handle.close()
+    if idle_mb:
+        rows.append(_row("idle memory (MB)", idle_mb, unit="MB"))
+    return rows
+
+
+def table(rows: list[dict[str, Any]], title: str = "") -> str:
+    lines = [f"### {title}"] if title else []
+    lines += ["| measurement | n | median | p95 | aim |", "|---|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['n']} | {r['median']:.3f} {r['unit']} | {r['p95']:.3f} {r['unit']} | {r['aim']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", default="docker", choices=["docker", "local"])
+    parser.add_argument("--runtime", default="runsc")
+    parser.add_argument("--image", default="rlm-sandbox:latest")
+    parser.add_argument("-n", type=int, default=200, help="samples per round-trip measurement")
+    parser.add_argument("--starts", type=int, default=10, help="cold starts to time")
+    args = parser.parse_args()
+    cfg = SandboxConfig(backend=args.backend, runtime=args.runtime, image=args.image, instance="rlm-bench")
+    rows = asyncio.run(run(cfg, n=args.n, starts=args.starts))
+    print(table(rows, f"sandbox benchmark ({args.backend}/{args.runtime}, {os.cpu_count()} cores)"))
+
+
+if __name__ == "__main__":
+    main()
