@@ -96,7 +96,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None, ssm=None, sleep: Callable[[float], None] = time.sleep) -> int:
+def main(
+    argv: list[str] | None = None, ssm=None, sleep: Callable[[float], None] = time.sleep
+) -> int:
     """Fetch and write; `ssm` (a boto3 SSM client) and `sleep` are injectable for tests."""
     args = parse_args(argv)
     if ssm is None:

@@ -1,0 +1,1 @@
+"""Host provisioning (ami/playbook.yml) and AMI baking (ami/bake.py)."""
