@@ -14,7 +14,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from service import logs
-from service.app import create_app
+from service.app import begin_drain, create_app
 from service.config import Settings
 
 
@@ -32,7 +32,8 @@ def main() -> int:
         port=settings.rlm_port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=int(max(1, settings.rlm_shutdown_grace_s)),
+        # Our own drain cancels what is left after the grace period; uvicorn's is a backstop.
+        timeout_graceful_shutdown=int(settings.rlm_shutdown_grace_s) + 10,
         timeout_keep_alive=75,  # longer than the ALB's default idle reuse, avoids 502 races
         backlog=2048,
         h11_max_incomplete_event_size=64 * 1024,
@@ -41,7 +42,7 @@ def main() -> int:
     original = server.handle_exit
 
     def handle_exit(sig: int, frame: Any) -> None:
-        app.state.admission.draining = True  # /readyz 503 and no new work from now on
+        begin_drain(app)
         original(sig, frame)
 
     server.handle_exit = handle_exit  # type: ignore[method-assign]

@@ -13,7 +13,6 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from sandbox.pool import SandboxPool
 from service.chat import ChatService
 from service.config import Settings
-from service.constants import REQUEST_ID_HEADER, SHOULD_RETRY_HEADER
+from service.constants import REQUEST_ID_HEADER, SESSION_HEADER, SHOULD_RETRY_HEADER
 from service.errors import BadRequest, NotFound, ServiceError
 from service.metrics import Metrics
 from service.rlm.engine import EngineConfig, RLMEngine
@@ -69,6 +68,9 @@ class RequestContext:
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((REQUEST_ID_HEADER.encode(), rid.encode()))
+                sid = scope["state"].get("session_id")
+                if sid and not any(k.lower() == SESSION_HEADER.encode() for k, _ in headers):
+                    headers.append((SESSION_HEADER.encode(), sid.encode()))
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -90,6 +92,28 @@ class RequestContext:
                         "tokens": state.get("tokens"),
                     },
                 )  # fmt: skip
+
+
+def begin_drain(app: FastAPI) -> None:
+    """Stop taking work (``/readyz`` 503, new requests 503); after ``RLM_SHUTDOWN_GRACE_S``
+    cancel the requests still running, so each ends with a clear 503 before the server stops.
+
+    Safe to call from a signal handler.
+    """
+    admission = app.state.admission
+    if admission.draining:
+        return
+    admission.draining = True
+    loop = app.state.loop
+    if loop is None:
+        return
+
+    def cancel_inflight() -> None:
+        for task in list(app.state.inflight):
+            task.cancel()
+
+    grace = app.state.settings.rlm_shutdown_grace_s
+    loop.call_soon_threadsafe(loop.call_later, grace, cancel_inflight)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -122,6 +146,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.loop = asyncio.get_running_loop()
         await pool.start()
         sessions.start()
         app.state.started = True
@@ -146,6 +171,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.admission = admission
     app.state.chat = chat
     app.state.upstream = upstream
+    app.state.inflight = set()
+    app.state.loop = None
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
@@ -182,11 +209,3 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestContext, metrics=metrics)
     return app
 
-
-async def wait_until(predicate: Any, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True

@@ -111,6 +111,25 @@ def _session_headers(response: Response, session: Session) -> None:
     response.set_cookie(SESSION_COOKIE, session.id, httponly=True, samesite="lax", path="/")
 
 
+def _track(app: Any, coro: Any) -> asyncio.Task[TurnResult]:
+    """Run a turn as a task the shutdown drain can find and cancel."""
+    task = asyncio.ensure_future(coro)
+    app.state.inflight.add(task)
+    task.add_done_callback(app.state.inflight.discard)
+    return task
+
+
+def _result(app: Any, work: asyncio.Task[TurnResult]) -> TurnResult:
+    if work.cancelled():
+        if app.state.admission.draining:
+            raise ShuttingDown(
+                "the service shut down before this request finished (RLM_SHUTDOWN_GRACE_S)",
+                retry_after=5, code_ran=True,
+            )  # fmt: skip
+        raise asyncio.CancelledError
+    return work.result()
+
+
 async def _until_disconnect(request: Request) -> None:
     while True:
         message = await request.receive()
@@ -138,23 +157,24 @@ async def chat_completions(request: Request, owner: Caller) -> Response:
         if admission.running >= admission.max_running and admission.queued >= admission.max_queued:
             raise Overloaded("the service is at capacity (RLM_MAX_RUNNING / RLM_MAX_QUEUED)", retry_after=2)
         response = StreamingResponse(
-            _stream(chat, req, session, reset, rid, completion_id),
+            _stream(app, req, session, reset, rid, completion_id),
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
         _session_headers(response, session)
         return response
 
-    work = asyncio.ensure_future(chat.complete(req, session, reset=reset, request_id=rid))
+    work = _track(app, chat.complete(req, session, reset=reset, request_id=rid))
     watcher = asyncio.ensure_future(_until_disconnect(request))
     try:
         await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
-    if not work.done():  # the client went away: stop its run, keep the session usable
-        work.cancel()
+        if not work.done():  # the client went away (or we are cancelled): stop the run
+            work.cancel()
+    if watcher.done() and not work.done():
         return Response(status_code=499)
-    result: TurnResult = work.result()
+    result = _result(app, work)
     request.scope["state"]["tokens"] = result.usage.get("total_tokens")
     body = completion_body(
         completion_id=completion_id, model=req.model, answer=result.answer,
@@ -168,11 +188,12 @@ async def chat_completions(request: Request, owner: Caller) -> Response:
 
 
 async def _stream(
-    chat: ChatService, req: ChatCompletionRequest, session: Session, reset: bool, rid: str, cid: str
+    app: Any, req: ChatCompletionRequest, session: Session, reset: bool, rid: str, cid: str
 ) -> AsyncIterator[bytes]:
+    chat: ChatService = app.state.chat
     created = int(time.time())
     yield sse(chunk_body(cid, req.model, created, {"role": "assistant", "content": ""}))
-    work = asyncio.ensure_future(chat.complete(req, session, reset=reset, request_id=rid))
+    work = _track(app, chat.complete(req, session, reset=reset, request_id=rid))
     try:
         while True:
             done, _ = await asyncio.wait({work}, timeout=KEEPALIVE_S)
@@ -180,7 +201,7 @@ async def _stream(
                 break
             yield b": keep-alive\n\n"
         try:
-            result = work.result()
+            result = _result(app, work)
         except ServiceError as exc:
             yield sse(exc.to_envelope())
             yield sse("[DONE]")

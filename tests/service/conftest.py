@@ -75,3 +75,52 @@ def haystack(n: int = 10_000, magic: int = 424242, at: int = 7777) -> str:
     lines = [f"line {i}: nothing to see, filler text {i * 7 % 13}" for i in range(n)]
     lines[at] = f"line {at}: the magic number is {magic}"
     return "\n".join(lines)
+
+
+class ServiceServer:
+    """The real app under uvicorn on a loopback port, on its own thread and event loop."""
+
+    def __init__(self, **overrides: Any) -> None:
+        import threading
+
+        import uvicorn
+
+        from loadtest.upstream import free_port
+        from service.app import create_app
+        from service.config import Settings
+
+        self.port = free_port()
+        self.settings = Settings(_env_file=None, rlm_port=self.port, **overrides)  # type: ignore[call-arg]
+        self.app = create_app(self.settings)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
+                                access_log=False, timeout_graceful_shutdown=5)  # fmt: skip
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServiceServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("service did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def service_env(up: ScriptedUpstream, **extra: Any) -> dict[str, Any]:
+    return dict(
+        openai_base_url=up.base_url,
+        openai_api_key="sk-upstream-secret-value",
+        rlm_api_keys="key-alpha,key-beta",
+        rlm_exec_timeout_s=5,
+        rlm_exec_hard_grace_s=5,
+        **extra,
+    )

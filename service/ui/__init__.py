@@ -1,0 +1,1 @@
+"""The trajectory viewer: static pages served under ``/ui`` that read the session APIs."""

@@ -1,0 +1,296 @@
+"""The HTTP service on loopback, driven by the real openai client and httpx, with real runsc
+sandboxes behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from loadtest.upstream import Reply, ScriptedUpstream
+from tests.service.conftest import Router, ServiceServer, haystack, service_env
+
+KEY = "key-alpha"
+OTHER_KEY = "key-beta"
+
+
+@pytest.fixture(scope="module")
+def server(upstream: ScriptedUpstream, docker_ready: None) -> Iterator[ServiceServer]:
+    env = service_env(
+        upstream,
+        rlm_sandbox="docker",
+        rlm_sandbox_pool_size=2,
+        rlm_sandbox_memory_mb=256,
+        rlm_instance="rlm-test-api",
+        rlm_max_running=4,
+        rlm_max_queued=2,
+        rlm_session_queue=2,
+        rlm_max_body_bytes=8 * 1024 * 1024,
+    )
+    with ServiceServer(**env) as srv:
+        yield srv
+
+
+@pytest.fixture
+def client(server: ServiceServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
+
+
+@pytest.fixture
+def http(server: ServiceServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {KEY}"}, timeout=60) as c:
+        yield c
+
+
+def repl(code: str) -> str:
+    return f"```repl\n{code}\n```"
+
+
+def test_seed_load_test_request_is_answered(client: openai.OpenAI, up: ScriptedUpstream) -> None:
+    magic = random.randint(10**5, 10**6)
+    resp = client.chat.completions.with_raw_response.create(
+        model="rlm",
+        messages=[{"role": "user", "content": "What is the magic number in the context?"}],
+        extra_body={"rlm": {"context": haystack(magic=magic), "reset": True}},
+    )
+    completion = resp.parse()
+    assert completion.choices[0].message.content == str(magic)
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == up.stats.prompt_tokens
+    assert completion.usage.completion_tokens == up.stats.completion_tokens
+    rlm = completion.model_extra["rlm"]
+    assert rlm["iterations"] == 2 and rlm["session_id"] and rlm["trajectory_id"]
+    assert resp.headers["x-rlm-session-id"] == rlm["session_id"]
+    assert "rlm_session=" in resp.headers["set-cookie"] and "HttpOnly" in resp.headers["set-cookie"]
+    assert "samesite=lax" in resp.headers["set-cookie"].lower()
+    assert resp.headers["x-request-id"]
+
+
+def test_streaming_through_the_sdk_with_usage(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="rlm",
+        messages=[{"role": "user", "content": "magic number?"}],
+        extra_body={"rlm": {"context": haystack(magic=5555)}},
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert content == "5555"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+
+
+def test_second_turn_sees_first_turns_variables(http: httpx.Client, up: ScriptedUpstream) -> None:
+    up.policy = Router([
+        repl("kept = 'from turn one'\nstate_set('counter', 1)\nanswer['content'] = 'stored'\nanswer['ready'] = True"),
+        repl("answer['content'] = f\"{kept}|{state_get('counter')}|{history_0}|{context_0}|{context}\"\nanswer['ready'] = True"),
+    ])  # fmt: skip
+    body = {"model": "rlm", "messages": [{"role": "user", "content": "remember"}], "rlm": {"context": "c0"}}
+    first = http.post("/v1/chat/completions", json=body)
+    assert first.status_code == 200, first.text
+    sid = first.headers["x-rlm-session-id"]
+    # Turn two through the cookie alone (as a browser or the ALB-sticky load test does).
+    body["rlm"] = {"context": "c1"}
+    http.cookies.clear()
+    http.cookies.set("rlm_session", sid)
+    second = http.post("/v1/chat/completions", json=body)
+    assert second.status_code == 200, second.text
+    assert second.json()["choices"][0]["message"]["content"] == "from turn one|1|stored|c0|c1"
+    assert second.json()["rlm"]["turn"] == 1
+
+    view = http.get(f"/v1/sessions/{sid}").json()
+    assert view["turns"] == 2 and view["sandbox"]["status"] == "ready"
+    names = {v["name"]: v["repr"] for v in view["variables"]}
+    assert names["kept"] == "'from turn one'" and "context_1" in names
+    assert view["state"] == [{"name": "counter", "type": "int", "repr": "1"}]
+
+    # Reset by header: same session id, fresh variables.
+    up.policy = Router([repl("answer['content'] = str('kept' in globals())\nanswer['ready'] = True")])
+    third = http.post("/v1/chat/completions", json=body, headers={"x-rlm-session-id": sid, "x-rlm-reset": "true"})
+    assert third.json()["choices"][0]["message"]["content"] == "False"
+    assert third.json()["rlm"]["turn"] == 0
+
+
+def test_a_session_belongs_to_its_key(http: httpx.Client, server: ServiceServer) -> None:
+    body = {"model": "rlm", "messages": [{"role": "user", "content": "magic?"}], "rlm": {"context": haystack(50, 7, 3)}}
+    sid = http.post("/v1/chat/completions", json=body).headers["x-rlm-session-id"]
+    other = {"authorization": f"Bearer {OTHER_KEY}", "x-rlm-session-id": sid}
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        assert c.post("/v1/chat/completions", json=body, headers=other).status_code == 404
+        assert c.get(f"/v1/sessions/{sid}", headers=other).status_code == 404
+        assert c.delete(f"/v1/sessions/{sid}", headers=other).status_code == 404
+        assert c.get(f"/v1/sessions/{sid}", headers={"authorization": "Bearer wrong"}).status_code == 401
+    assert http.delete(f"/v1/sessions/{sid}").json()["deleted"] is True
+    assert http.get(f"/v1/sessions/{sid}").status_code == 404
+
+
+def test_errors_are_openai_envelopes_with_the_right_status(http: httpx.Client, server: ServiceServer) -> None:
+    def post(content: bytes | str, **kw: Any) -> httpx.Response:
+        return http.post("/v1/chat/completions", content=content, headers={"content-type": "application/json"}, **kw)
+
+    cases = {
+        b"{not json": 400,
+        b"": 400,
+        b"[1, 2]": 400,
+        json.dumps({"model": "rlm"}): 400,
+        json.dumps({"model": "rlm", "messages": "hello"}): 400,
+        json.dumps({"model": "rlm", "messages": [{"role": "user", "content": 5}]}): 400,
+        json.dumps({"model": "rlm", "messages": [{"role": "user", "content": "q"}], "rlm": {"max_depth": "deep"}}): 400,
+        json.dumps({"model": "rlm", "messages": [{"role": "user", "content": "q"}], "rlm": {"bogus": 1}}): 400,
+        json.dumps({"model": "rlm", "messages": [{"role": "system", "content": "no user"}]}): 400,
+        json.dumps({"model": "gpt-nope", "messages": [{"role": "user", "content": "q"}]}): 404,
+    }
+    for body, status in cases.items():
+        r = post(body)
+        assert r.status_code == status, (body, r.text)
+        err = r.json()["error"]
+        assert set(err) == {"message", "type", "param", "code"} and err["message"]
+        assert r.headers["x-request-id"]
+    bad_sid = http.post("/v1/chat/completions", json={"model": "rlm", "messages": [{"role": "user", "content": "q"}]},
+                        headers={"x-rlm-session-id": "../../etc"})  # fmt: skip
+    assert bad_sid.status_code == 400
+    too_big = post(b"x" * (8 * 1024 * 1024 + 1))
+    assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "request_too_large"
+    assert httpx.post(server.url + "/v1/chat/completions", json={}).status_code == 401
+    assert http.get("/v1/nothing").status_code == 404
+    assert http.get("/v1/models").json()["data"][0]["id"] == "rlm"
+    with pytest.raises(openai.NotFoundError):
+        openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0).chat.completions.create(
+            model="nope", messages=[{"role": "user", "content": "q"}]
+        )
+
+
+def test_overload_is_refused_at_once_with_retry_after(server: ServiceServer, up: ScriptedUpstream) -> None:
+    up.latency_s = 1.0  # every request holds its run slot for about two seconds
+    body = {"model": "rlm", "messages": [{"role": "user", "content": "magic?"}], "rlm": {"context": "x"}}
+    results: list[int] = []
+
+    def fire() -> None:
+        with httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {KEY}"}, timeout=60) as c:
+            results.append(c.post("/v1/chat/completions", json=body).status_code)
+
+    threads = [threading.Thread(target=fire) for _ in range(6)]  # 4 running + 2 queued
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while server.app.state.admission.running + server.app.state.admission.queued < 6 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {KEY}"}, timeout=60) as c:
+        t0 = time.perf_counter()
+        refused = c.post("/v1/chat/completions", json=body)
+        took = time.perf_counter() - t0
+    for t in threads:
+        t.join()
+    assert refused.status_code == 429, refused.text
+    assert refused.headers["retry-after"]
+    assert took < 1.0  # refused at once, not after the queue drains
+    assert results == [200] * 6
+
+
+def test_per_session_queue_cap_and_fifo_order(server: ServiceServer, up: ScriptedUpstream) -> None:
+    up.latency_s = 1.0
+    up.policy = Router(lambda b: repl("order = globals().get('order', []) + [context]\nanswer['content'] = ','.join(order)\nanswer['ready'] = True"))
+    sid = "fifo-session-1"
+    outs: dict[str, Any] = {}
+
+    def fire(tag: str) -> None:
+        with httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {KEY}", "x-rlm-session-id": sid}, timeout=60) as c:
+            r = c.post("/v1/chat/completions", json={"model": "rlm", "messages": [{"role": "user", "content": "q"}], "rlm": {"context": tag}})
+            outs[tag] = r
+
+    threads = []
+    for tag in ["a", "b", "c", "d"]:  # one runs, two wait (the cap), the fourth is refused
+        t = threading.Thread(target=fire, args=(tag,))
+        t.start()
+        threads.append(t)
+        time.sleep(0.1)
+    for t in threads:
+        t.join()
+    assert outs["d"].status_code == 429 and "RLM_SESSION_QUEUE" in outs["d"].json()["error"]["message"]
+    assert outs["c"].json()["choices"][0]["message"]["content"] == "a,b,c"
+
+
+def test_sandbox_loss_is_reported_and_the_session_recovers(http: httpx.Client, up: ScriptedUpstream) -> None:
+    up.policy = Router([repl("x = 1\nimport collections, itertools\ncollections.deque(itertools.count(), maxlen=0)")])
+    sid = "lost-session"
+    body = {"model": "rlm", "messages": [{"role": "user", "content": "q"}], "rlm": {"context": "c"}}
+    r = http.post("/v1/chat/completions", json=body, headers={"x-rlm-session-id": sid})
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "hard_timeout" and "hard deadline" in r.json()["error"]["message"]
+    assert r.headers["x-should-retry"] == "false" and r.headers["x-rlm-session-id"] == sid
+    view = http.get(f"/v1/sessions/{sid}").json()
+    assert view["sandbox"]["status"] == "lost" and "killed" in view["sandbox"]["lost_reason"]
+    up.policy = Router([repl("answer['content'] = str('x' in globals())\nanswer['ready'] = True")])
+    again = http.post("/v1/chat/completions", json=body, headers={"x-rlm-session-id": sid})
+    assert again.status_code == 200 and again.json()["choices"][0]["message"]["content"] == "False"
+    assert again.json()["rlm"]["turn"] == 0
+
+
+def test_client_disconnect_cancels_the_run_and_the_session_stays_usable(
+    server: ServiceServer, http: httpx.Client, up: ScriptedUpstream
+) -> None:
+    up.policy = Router([repl("import time\ntime.sleep(30)"), repl("answer['content'] = 'alive'\nanswer['ready'] = True")])
+    sid = "disconnect-session"
+    body = {"model": "rlm", "messages": [{"role": "user", "content": "q"}], "rlm": {"context": "c"}}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/chat/completions", json=body, timeout=1.5,
+                   headers={"authorization": f"Bearer {KEY}", "x-rlm-session-id": sid})  # fmt: skip
+    t0 = time.perf_counter()
+    r = http.post("/v1/chat/completions", json=body, headers={"x-rlm-session-id": sid})
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "alive"
+    assert time.perf_counter() - t0 < 10  # the sleeping block was interrupted, not waited out
+    runs = http.get(f"/v1/sessions/{sid}").json()["runs"]
+    assert [x["status"] for x in runs] == ["cancelled", "done"]
+
+
+def test_health_readiness_and_metrics(http: httpx.Client) -> None:
+    assert http.get("/healthz").json() == {"status": "ok"}
+    ready = http.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    text = http.get("/metrics").text
+    for name in ("rlm_http_requests_total", "rlm_http_request_duration_seconds_bucket", "rlm_sessions_active",
+                 'rlm_sandboxes{state="idle"}', "rlm_queue_depth", "rlm_tokens_total", "rlm_upstream_calls_total",
+                 "rlm_sandbox_faults_total"):  # fmt: skip
+        assert name in text, name
+    assert 'route="/v1/chat/completions"' in text
+
+
+def test_refuses_to_serve_off_loopback_without_keys() -> None:
+    from pydantic import ValidationError
+
+    from service.config import Settings
+
+    with pytest.raises(ValidationError, match="without authentication"):
+        Settings(_env_file=None, rlm_host="0.0.0.0", rlm_api_keys="")  # type: ignore[call-arg]
+    assert Settings(_env_file=None, rlm_host="0.0.0.0", rlm_allow_unauthenticated=True).rlm_host == "0.0.0.0"  # type: ignore[call-arg]
+
+
+async def test_async_client_concurrent_sessions(server: ServiceServer, up: ScriptedUpstream) -> None:
+    client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
+    magics = [random.randint(10**5, 10**6) for _ in range(4)]
+    outs = await asyncio.gather(*(
+        client.chat.completions.create(
+            model="rlm", messages=[{"role": "user", "content": "magic?"}],
+            extra_body={"rlm": {"context": haystack(magic=m), "reset": True}},
+        ) for m in magics
+    ))  # fmt: skip
+    assert [o.choices[0].message.content for o in outs] == [str(m) for m in magics]
+    await client.close()
+
+
+def test_upstream_failure_is_a_502(http: httpx.Client, up: ScriptedUpstream) -> None:
+    up.policy = Router([Reply(status=401, text="bad upstream key")])
+    r = http.post("/v1/chat/completions", json={"model": "rlm", "messages": [{"role": "user", "content": "q"}]})
+    assert r.status_code == 502 and r.json()["error"]["type"] == "upstream_error"
+    assert "sk-upstream-secret-value" not in r.text
