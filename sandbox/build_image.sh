@@ -37,6 +37,15 @@ build_offline_base() {
   log "imported $OFFLINE_BASE"
 }
 
+# The image is labelled with a hash of what goes into it; an image with the same hash is
+# current and is not rebuilt (FORCE=1 rebuilds anyway).
+source_hash="$(cat "$here/Dockerfile" "$here/protocol.py" "$here/worker.py" | sha256sum | cut -c1-16)"
+current="$(docker image inspect -f '{{ index .Config.Labels "rlm-py.source-hash" }}' "$IMAGE" 2>/dev/null || true)"
+if [[ "${FORCE:-0}" != "1" && "$current" == "$source_hash" ]]; then
+  log "$IMAGE is current (source $source_hash)"
+  exit 0
+fi
+
 base="$BASE_IMAGE"
 if [[ "${OFFLINE:-0}" == "1" ]]; then
   build_offline_base; base="$OFFLINE_BASE"
@@ -46,5 +55,6 @@ elif ! have_image "$BASE_IMAGE" && ! timeout 60 docker pull "$BASE_IMAGE" >/dev/
 fi
 
 log "building $IMAGE from $base"
-docker build -q --network none --build-arg "BASE_IMAGE=$base" -t "$IMAGE" -f "$here/Dockerfile" "$here" >/dev/null
+docker build -q --network none --build-arg "BASE_IMAGE=$base" \
+  --label "rlm-py.source-hash=$source_hash" -t "$IMAGE" -f "$here/Dockerfile" "$here" >/dev/null
 docker run --rm --network none "$IMAGE" python3 -c "import sys; print('sandbox python', sys.version.split()[0])"

@@ -30,18 +30,16 @@ def _docker_problem() -> str | None:
         return f"Docker daemon not reachable ({exc}); start dockerd (see README, .ci/run)"
     if RUNTIME not in (info.get("Runtimes") or {}):
         return f"Docker has no {RUNTIME!r} runtime; register runsc in /etc/docker/daemon.json"
-    try:
-        client.images.get(IMAGE)
-    except Exception:  # noqa: BLE001
-        build = subprocess.run(
-            [str(ROOT / "sandbox" / "build_image.sh")],
-            env={**os.environ, "IMAGE": IMAGE},
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        if build.returncode != 0:
-            return f"sandbox image {IMAGE} missing and `make image` failed: {build.stderr[-500:]}"
+    # Build when missing or stale (the script compares a hash of the worker's sources).
+    build = subprocess.run(
+        [str(ROOT / "sandbox" / "build_image.sh")],
+        env={**os.environ, "IMAGE": IMAGE},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if build.returncode != 0:
+        return f"sandbox image {IMAGE} could not be built (`make image`): {build.stderr[-800:]}"
     return None
 
 
