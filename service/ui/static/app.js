@@ -72,8 +72,7 @@ function showKeyForm(reason) {
   form.addEventListener("submit", (e) => {
     e.preventDefault();
     setKey(input.value.trim());
-    if (location.hash === "#/" || location.hash === "") route();
-    else location.hash = "#/";
+    route(); // back to the page that asked for the key
   });
   if (!signal.aborted) main.append(form);
   updateSignOut();

@@ -451,16 +451,19 @@ function timeOf(value) {
 /** Events for the official JSONL shape: one metadata line, then iteration lines. */
 function officialToEvents(lines) {
   const meta = lines.find((l) => l.type === "metadata") || {};
+  const iterations = lines.filter((l) => l.type === "iteration");
   const run = "file";
+  // The library's metadata has no query; its first prompt's last user message carries it.
+  const firstPrompt = iterations.length && iterations[0].prompt ? promptText(iterations[0].prompt) : "";
   const events = [
     {
       event: "run_start", run, depth: 0, ns: "root", model: meta.root_model,
-      query: meta.query ?? "(the official format records no query)", t: timeOf(meta.timestamp),
+      query: meta.query ?? (firstPrompt || "(no query recorded)"), t: timeOf(meta.timestamp),
     },
   ];
   let final = null;
   let count = 0;
-  lines.filter((l) => l.type === "iteration").forEach((it, i) => {
+  iterations.forEach((it, i) => {
     const idx = Number.isInteger(it.iteration) ? it.iteration - 1 : i;
     count += 1;
     const usage = it.usage || {};
