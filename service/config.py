@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     rlm_session_ttl_s: float = Field(3600.0, gt=0)
     rlm_shutdown_grace_s: float = Field(30.0, ge=0)
 
-    @field_validator("openai_base_url", "rlm_trajectory_dir", "rlm_max_total_tokens", mode="before")
+    @field_validator("openai_api_key", "openai_base_url", "rlm_trajectory_dir", "rlm_max_total_tokens", mode="before")
     @classmethod
     def _empty_is_none(cls, v: object) -> object:
         return None if v == "" else v
