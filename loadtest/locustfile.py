@@ -1,0 +1,253 @@
+"""Locust scenarios against ``POST /v1/chat/completions`` (a deployed ALB or a local service).
+
+User classes (pick some by name on the command line, default all, weights 3:1:1):
+
+* ``NeedleUser``: the seed's load test. Every request carries a 10,000-line haystack with a
+  random magic number in ``rlm.context`` and ``rlm.reset: true``; an answer without the
+  number is a failure. Its session (cookie) is kept, so a sandbox is reused per user.
+* ``MultiTurnUser``: turn 1 asks the RLM to keep a random code word in a variable and in
+  ``state``; turn 2, on the same session through the ``rlm_session`` cookie only, asks for
+  it back. A wrong word fails (deployed behind an ALB this also proves stickiness). The
+  queries are plain words, so a real model can follow them; the scripted upstream
+  (``loadtest.policies.multi_turn_policy``) recognises them.
+* ``StreamingUser``: the needle task with ``stream: true``; records time to first byte and
+  time to the first content chunk as extra entries of type ``METRIC`` (``ttfb``,
+  ``ttfc``) in Locust's statistics.
+
+Environment: ``RLM_API_KEY`` (Bearer key, optional), ``RLM_MODEL`` (default ``rlm``),
+``RLM_LOADTEST_LINES`` (haystack lines, default 10000), ``RLM_LOADTEST_WAIT_S`` (think time
+per task, default 0). Network timeout 1800 s: an RLM run can take minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import string
+import time
+from typing import Any
+
+from locust import HttpUser, between, task
+from locust.contrib.fasthttp import FastHttpUser
+
+API_KEY = os.environ.get("RLM_API_KEY", "")
+MODEL = os.environ.get("RLM_MODEL", "rlm")
+LINES = int(os.environ.get("RLM_LOADTEST_LINES", "10000"))
+WAIT_S = float(os.environ.get("RLM_LOADTEST_WAIT_S", "0"))
+NETWORK_TIMEOUT_S = 1800.0
+CONNECT_TIMEOUT_S = 10.0
+ENDPOINT = "/v1/chat/completions"
+NEEDLE_QUERY = "What is the magic number in the context? Answer with the number only."
+
+_WORDS = (
+    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike "
+    "november oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu"
+).split()
+
+
+def _filler(n: int, seed: int = 7) -> list[str]:
+    rng = random.Random(seed)
+    return [f"line {i:05d}: " + " ".join(rng.choices(_WORDS, k=8)) for i in range(n)]
+
+
+# Built once per process: a request only copies it and inserts its needle.
+_HAYSTACK = _filler(LINES)
+
+
+def haystack() -> tuple[str, str]:
+    """A fresh haystack and its magic number (a random line says what it is)."""
+    number = str(random.randint(1_000_000, 9_999_999))
+    lines = list(_HAYSTACK)
+    lines.insert(random.randrange(len(lines) + 1), f"The magic number is {number}.")
+    return "\n".join(lines), number
+
+
+def headers() -> dict[str, str]:
+    h = {"content-type": "application/json"}
+    if API_KEY:
+        h["authorization"] = f"Bearer {API_KEY}"
+    return h
+
+
+def needle_body(stream: bool = False) -> tuple[dict[str, Any], str]:
+    context, number = haystack()
+    body: dict[str, Any] = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": NEEDLE_QUERY}],
+        "rlm": {"reset": True, "context": context},
+    }
+    if stream:
+        body["stream"] = True
+    return body, number
+
+
+def answer_of(payload: Any) -> str:
+    try:
+        return str(payload["choices"][0]["message"]["content"] or "")
+    except (KeyError, IndexError, TypeError):
+        return ""
+
+
+def error_of(payload: Any) -> str:
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        return str(payload["error"].get("message", ""))[:300]
+    return ""
+
+
+def fire_metric(environment: Any, name: str, ms: float) -> None:
+    """One sample of a custom timing, shown in Locust's tables as type METRIC."""
+    environment.events.request.fire(
+        request_type="METRIC", name=name, response_time=ms, response_length=0,
+        exception=None, context={},
+    )  # fmt: skip
+
+
+def _check_json(resp: Any) -> dict[str, Any] | None:
+    """The JSON body of a 200, or None after marking the request failed."""
+    if resp.status_code != 200:
+        try:
+            detail = error_of(resp.json()) or resp.text[:300]
+        except Exception:  # noqa: BLE001 - a failure message only
+            detail = (resp.text or "")[:300]
+        resp.failure(f"HTTP {resp.status_code}: {detail}")
+        return None
+    try:
+        return resp.json()  # type: ignore[no-any-return]
+    except Exception:  # noqa: BLE001
+        resp.failure("response is not JSON")
+        return None
+
+
+class NeedleUser(FastHttpUser):
+    """The seed's needle-in-a-haystack request, over and over, on one session."""
+
+    weight = 3
+    wait_time = between(WAIT_S, WAIT_S)
+    network_timeout = NETWORK_TIMEOUT_S
+    connection_timeout = CONNECT_TIMEOUT_S
+
+    @task
+    def needle(self) -> None:
+        body, number = needle_body()
+        with self.client.post(
+            ENDPOINT, data=json.dumps(body), headers=headers(), name="needle", catch_response=True
+        ) as resp:
+            payload = _check_json(resp)
+            if payload is None:
+                return
+            answer = answer_of(payload)
+            if number not in answer:
+                resp.failure(f"magic number {number} not in the answer: {answer[:200]!r}")
+
+
+class MultiTurnUser(FastHttpUser):
+    """Two turns on one session: store a code word, then read it back via the cookie."""
+
+    weight = 1
+    wait_time = between(WAIT_S, WAIT_S)
+    network_timeout = NETWORK_TIMEOUT_S
+    connection_timeout = CONNECT_TIMEOUT_S
+
+    @task
+    def remember_and_recall(self) -> None:
+        word = "cw-" + "".join(random.choices(string.ascii_lowercase + string.digits, k=10))
+        turn1 = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": (
+                f"Remember the code word {word}: store it in a variable named code_word and "
+                f"in state['code_word'], then answer 'stored {word}'."
+            )}],
+            "rlm": {"reset": True},
+        }  # fmt: skip
+        with self.client.post(
+            ENDPOINT,
+            data=json.dumps(turn1),
+            headers=headers(),
+            name="multi-turn 1",
+            catch_response=True,
+        ) as resp:
+            first = _check_json(resp)
+        if first is None:
+            return
+        session = (first.get("rlm") or {}).get("session_id")
+        turn2 = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": (
+                "Which code word did the previous turn store? Print the variable code_word "
+                "and state['code_word'], then answer with the variable's value only."
+            )}],
+        }  # fmt: skip
+        # No session header: the session travels in the rlm_session cookie only.
+        with self.client.post(
+            ENDPOINT,
+            data=json.dumps(turn2),
+            headers=headers(),
+            name="multi-turn 2",
+            catch_response=True,
+        ) as resp:
+            second = _check_json(resp)
+            if second is None:
+                return
+            answer = answer_of(second)
+            rlm = second.get("rlm") or {}
+            if session and rlm.get("session_id") != session:
+                resp.failure(
+                    f"turn 2 ran on session {rlm.get('session_id')}, not {session}: cookie lost"
+                )
+            elif word not in answer:
+                resp.failure(f"code word {word} not recalled: {answer[:200]!r}")
+
+
+class StreamingUser(HttpUser):
+    """The needle task over SSE, timing the first byte and the first content chunk."""
+
+    weight = 1
+    wait_time = between(WAIT_S, WAIT_S)
+
+    @task
+    def needle_stream(self) -> None:
+        body, number = needle_body(stream=True)
+        t0 = time.perf_counter()
+        with self.client.post(
+            ENDPOINT, data=json.dumps(body), headers=headers(), name="needle (stream)",
+            catch_response=True, stream=True, timeout=(CONNECT_TIMEOUT_S, NETWORK_TIMEOUT_S),
+        ) as resp:  # fmt: skip
+            if resp.status_code != 200:
+                resp.failure(f"HTTP {resp.status_code}: {resp.text[:300]}")
+                return
+            first_byte: float | None = None
+            first_content: float | None = None
+            parts: list[str] = []
+            done = False
+            error = ""
+            for line in resp.iter_lines(decode_unicode=True):
+                if first_byte is None:
+                    first_byte = time.perf_counter()
+                if not line or not line.startswith("data: "):
+                    continue  # blank separators and ": keep-alive" comments
+                data = line[6:]
+                if data == "[DONE]":
+                    done = True
+                    break
+                chunk = json.loads(data)
+                error = error or error_of(chunk)
+                for choice in chunk.get("choices") or []:
+                    content = (choice.get("delta") or {}).get("content")
+                    if content:
+                        if first_content is None:
+                            first_content = time.perf_counter()
+                        parts.append(content)
+            # With stream=True Locust stops the clock at the headers; count the whole stream.
+            resp.request_meta["response_time"] = (time.perf_counter() - t0) * 1000
+            if first_byte is not None:
+                fire_metric(self.environment, "ttfb", (first_byte - t0) * 1000)
+            if first_content is not None:
+                fire_metric(self.environment, "ttfc", (first_content - t0) * 1000)
+            answer = "".join(parts)
+            if error:
+                resp.failure(f"error in stream: {error}")
+            elif not done:
+                resp.failure("stream ended without [DONE]")
+            elif number not in answer:
+                resp.failure(f"magic number {number} not in the streamed answer: {answer[:200]!r}")

@@ -1,0 +1,203 @@
+"""A local stack on loopback: the scripted upstream and the real service, as subprocesses.
+
+``LocalStack`` starts ``python -m loadtest.serve_upstream`` and ``python -m service`` (with
+its own ``RLM_INSTANCE`` label, so its start-up reaping and our leak check touch only its
+own containers), waits for ``/readyz``, and on exit stops both by pid, then checks that no
+container of that instance is left (removing any it finds and reporting them in
+``leftovers``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from loadtest.upstream import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+API_KEY = "loadtest-key"
+
+
+@dataclass
+class StackConfig:
+    """What to run: sandbox backend, upstream policy and latency, extra service settings."""
+
+    sandbox: str = "docker"  # docker | local
+    runtime: str = "runsc"
+    policy: str = "scenarios"
+    latency_s: float = 0.0
+    pool_size: int = 8
+    env: dict[str, str] = field(default_factory=dict)  # more service settings (RLM_*)
+    log_dir: Path | None = None  # where the two processes' output goes (else discarded)
+    ready_timeout_s: float = 120.0
+    service_dir: Path = ROOT  # run the service from another checkout (e.g. a release) here
+
+
+class LocalStack:
+    """Use as a context manager; ``base_url`` is the service, ``upstream_url`` the model."""
+
+    def __init__(self, cfg: StackConfig) -> None:
+        self.cfg = cfg
+        self.instance = f"rlm-loadtest-{uuid.uuid4().hex[:8]}"
+        self.port = free_port()
+        self.upstream_port = free_port()
+        self.api_key = API_KEY
+        self.leftovers: list[str] = []
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._logs: list[object] = []
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def upstream_url(self) -> str:
+        return f"http://127.0.0.1:{self.upstream_port}/v1"
+
+    def service_env(self) -> dict[str, str]:
+        c = self.cfg
+        env = {
+            **os.environ,
+            "OPENAI_API_KEY": "scripted",
+            "OPENAI_BASE_URL": self.upstream_url,
+            "RLM_ROOT_MODEL": "gpt-5",
+            "RLM_SUB_MODEL": "gpt-5-mini",
+            "RLM_HOST": "127.0.0.1",
+            "RLM_PORT": str(self.port),
+            "RLM_API_KEYS": self.api_key,
+            "RLM_SANDBOX": c.sandbox,
+            "RLM_SANDBOX_RUNTIME": c.runtime,
+            "RLM_SANDBOX_POOL_SIZE": str(c.pool_size),
+            "RLM_INSTANCE": self.instance,
+            "RLM_LOG_LEVEL": "warning",
+            "RLM_SHUTDOWN_GRACE_S": "5",
+            "RLM_TRAJECTORY_DIR": "",
+        }
+        env.update(c.env)
+        return env
+
+    def _spawn(
+        self, name: str, args: list[str], env: dict[str, str], cwd: Path = ROOT
+    ) -> subprocess.Popen[bytes]:
+        out: int | object = subprocess.DEVNULL
+        if self.cfg.log_dir is not None:
+            self.cfg.log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(self.cfg.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
+            self._logs.append(out)
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,  # type: ignore[arg-type]
+        )
+        self._procs.append(proc)
+        return proc
+
+    def start(self) -> LocalStack:
+        c = self.cfg
+        try:
+            up = self._spawn(
+                "upstream",
+                ["-m", "loadtest.serve_upstream", "--port", str(self.upstream_port),
+                 "--latency", str(c.latency_s), "--policy", c.policy],
+                {**os.environ},
+            )  # fmt: skip
+            self._wait(f"{self.upstream_url}/models", up, 30)
+            svc = self._spawn("service", ["-m", "service"], self.service_env(), c.service_dir)
+            self._wait(f"{self.base_url}/readyz", svc, c.ready_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait(self, url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        headers = {"authorization": f"Bearer {self.api_key}"}
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{' '.join(proc.args[1:3])} exited with {proc.returncode}")  # type: ignore[index]
+            try:
+                if httpx.get(url, headers=headers, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{url} not ready after {timeout_s:.0f}s")
+
+    def stop(self) -> None:
+        """Stop the service first (it removes its sandboxes), then the upstream; check leaks."""
+        for proc in reversed(self._procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=10)
+        self._procs.clear()
+        for f in self._logs:
+            f.close()  # type: ignore[attr-defined]
+        self._logs.clear()
+        if self.cfg.sandbox == "docker":
+            self.leftovers = remove_containers(self.instance)
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def container_ids(instance: str) -> list[str]:
+    """Full ids of every container (running or not) labelled with this service instance."""
+    out = subprocess.run(
+        ["docker", "ps", "-aq", "--no-trunc", "--filter", f"label=rlm-py.instance={instance}"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    return out.stdout.split()
+
+
+def remove_containers(instance: str) -> list[str]:
+    """Remove what a stopped service left behind; returns what there was (should be [])."""
+    ids = container_ids(instance)
+    if ids:
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, timeout=120)
+    return ids
+
+
+@contextlib.contextmanager
+def upstream_process(policy: str, latency_s: float = 0.0) -> Iterator[str]:
+    """Only the scripted upstream, as a subprocess; yields its base URL (``.../v1``)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "loadtest.serve_upstream", "--port", str(port),
+         "--latency", str(latency_s), "--policy", policy],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("scripted upstream did not start")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
