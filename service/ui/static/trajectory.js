@@ -193,12 +193,11 @@ export class RunTree {
     const run = this.runOf(ev);
     const tok = tokensOf(ev);
     this.totals.subCalls += 1;
-    if (ev.kind !== "rlm") {
-      // A recursive run's own model calls are counted by its iteration events.
-      this.totals.modelCalls += 1;
-      this.totals.prompt += tok.prompt;
-      this.totals.completion += tok.completion;
-    }
+    // A recursive run's model calls are counted by its own iteration events; its sub_call
+    // carries tokens only when those iterations do not (the official format).
+    if (ev.kind !== "rlm") this.totals.modelCalls += 1;
+    this.totals.prompt += tok.prompt;
+    this.totals.completion += tok.completion;
     const block = this.currentBlock(run);
     if (ev.kind === "rlm") {
       const call = this.takeChild(block, ev);
@@ -219,7 +218,8 @@ export class RunTree {
     }
     const meta = [`how: ${ev.how || "?"}`];
     if (ev.stopped_by) meta.push(`stopped by: ${ev.stopped_by}`);
-    meta.push(`${ev.iterations ?? run.iters.size} iterations`);
+    const n = ev.iterations ?? run.iters.size;
+    meta.push(`${n} iteration${n === 1 ? "" : "s"}`);
     if (ev.ms !== undefined) meta.push(fmtMs(ev.ms));
     run.finalEl.replaceChildren(
       el("h3", {}, run.depth === 0 ? "Final answer" : "Answer", el("span", { class: "meta" }, meta.join(" · "))),
@@ -389,7 +389,7 @@ export class RunTree {
     if (call.statusEl) call.statusEl.remove();
     const meta = [];
     if (tok.prompt || tok.completion) meta.push(`${fmtInt(tok.prompt)} → ${fmtInt(tok.completion)} tok`);
-    if (ev.iterations !== undefined) meta.push(`${ev.iterations} iterations`);
+    if (ev.iterations !== undefined) meta.push(`${ev.iterations} iteration${ev.iterations === 1 ? "" : "s"}`);
     meta.push(fmtMs(ev.ms));
     call.metaEl.textContent = meta.join(" · ");
     call.answerEl.replaceChildren(longText(ev.answer ?? "", { cls: "answer", lines: 6, chars: 600, label: "answer" }));
@@ -452,31 +452,52 @@ function timeOf(value) {
 function officialToEvents(lines) {
   const meta = lines.find((l) => l.type === "metadata") || {};
   const iterations = lines.filter((l) => l.type === "iteration");
-  const run = "file";
+  const events = [];
+  officialRun(meta, iterations, { id: "file", ns: "root", depth: 0 }, events);
+  // Wall time: the span of the timestamps (metadata at the start, each iteration at its
+  // end), or the iterations' own times when those are longer (a file written at once).
+  const times = [meta, ...iterations].map((l) => timeOf(l.timestamp)).filter((t) => t !== undefined);
+  const span = times.length > 1 ? (Math.max(...times) - Math.min(...times)) * 1000 : 0;
+  const summed = iterations.reduce((ms, it) => ms + Number(it.iteration_time || 0) * 1000, 0);
+  const finished = events.some((e) => e.event === "final" && e.run === "file");
+  events.push({ event: "run_end", status: finished ? "done" : "partial", summary: { elapsed_ms: Math.max(span, summed) } });
+  return events;
+}
+
+/**
+ * One run of the official format, appended to `events`. A recursive call's record
+ * (rlm_calls[i]) may carry the child's whole trajectory in `metadata`
+ * ({run_metadata, iterations}): it becomes a child run, drawn under its code block.
+ */
+function officialRun(meta, iterations, where, events) {
+  const { id: run, ns, depth } = where;
   // The library's metadata has no query; its first prompt's last user message carries it.
   const firstPrompt = iterations.length && iterations[0].prompt ? promptText(iterations[0].prompt) : "";
-  const events = [
-    {
-      event: "run_start", run, depth: 0, ns: "root", model: meta.root_model,
-      query: meta.query ?? (firstPrompt || "(no query recorded)"), t: timeOf(meta.timestamp),
-    },
-  ];
+  events.push({
+    event: "run_start", run, depth, ns, model: meta.root_model,
+    query: meta.query ?? (firstPrompt || "(no query recorded)"), t: timeOf(meta.timestamp),
+  });
   let final = null;
-  let count = 0;
+  let children = 0;
   iterations.forEach((it, i) => {
     const idx = Number.isInteger(it.iteration) ? it.iteration - 1 : i;
-    count += 1;
-    const usage = it.usage || {};
     events.push({
       event: "iteration", run, iteration: idx, response: it.response ?? "",
-      ms: Number(it.iteration_time || 0) * 1000, usage, t: timeOf(it.timestamp),
+      ms: Number(it.iteration_time || 0) * 1000, usage: it.usage || {}, t: timeOf(it.timestamp),
     });
     (it.code_blocks || []).forEach((cb, b) => {
       const r = cb.result || {};
       for (const call of r.rlm_calls || []) {
+        const nested = call.metadata && Array.isArray(call.metadata.iterations) ? call.metadata : null;
+        if (nested) {
+          children += 1;
+          const child = { id: `${run}.${children}`, ns: `${ns}/${children}`, depth: depth + 1 };
+          officialRun({ ...(nested.run_metadata || {}), query: promptText(call.prompt) }, nested.iterations, child, events);
+        }
         events.push({
-          event: "sub_call", run, kind: call.kind || "llm", depth: call.depth ?? 1,
-          model: call.root_model || call.model, prompt: promptText(call.prompt), answer: call.response ?? "",
+          event: "sub_call", run, kind: call.kind || (nested ? "rlm" : "llm"), depth: call.depth ?? depth + 1,
+          model: call.root_model || call.model, prompt: promptText(call.prompt),
+          answer: call.error ? `Error: ${call.error}` : call.response ?? "",
           ms: Number(call.execution_time || 0) * 1000, ...callTokens(call),
         });
       }
@@ -487,13 +508,16 @@ function officialToEvents(lines) {
         changed: Object.entries(locals).map(([name, v]) => ({ name, type: "", repr: typeof v === "string" ? v : JSON.stringify(v) })),
         ms: Number(r.execution_time || 0) * 1000,
       });
+      if (r.final_answer !== undefined && r.final_answer !== null) final = r.final_answer;
     });
     if (it.final_answer !== undefined && it.final_answer !== null) final = it.final_answer;
   });
   if (final !== null) {
-    events.push({ event: "final", run, depth: 0, answer: typeof final === "string" ? final : JSON.stringify(final), how: "final", iterations: count });
+    events.push({
+      event: "final", run, depth, answer: typeof final === "string" ? final : JSON.stringify(final),
+      how: "final", iterations: iterations.length,
+    });
   }
-  return events;
 }
 
 /**
