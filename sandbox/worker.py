@@ -174,10 +174,10 @@ class Worker:
         view = memoryview(buf)
         got = have
         while got < n:
-            chunk = os.readv(self.rfd, [view[got:]])
-            if chunk == 0:
+            count = os.readv(self.rfd, [view[got:]])
+            if count == 0:
                 raise EOFError("host closed the channel")
-            got += chunk
+            got += count
         return bytes(buf)
 
     def read_frame(self) -> proto.Frame:
@@ -617,7 +617,8 @@ def _run(code: str, fname: str, ns: dict[str, Any]) -> None:
     tree = ast.parse(code, fname, "exec")
     last: ast.Expression | None = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
-        last = ast.Expression(tree.body.pop().value)
+        last = ast.Expression(tree.body[-1].value)
+        tree.body.pop()
     exec(compile(tree, fname, "exec"), ns)  # noqa: S102 - running code is the point
     if last is not None:
         value = eval(compile(last, fname, "eval"), ns)  # noqa: S307

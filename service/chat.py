@@ -144,7 +144,7 @@ class ChatService:
             session.turns = 0
             session.lost_reason = None
         elif reset:
-            await session.sandbox.reset()
+            await handle.reset()
             session.turns = 0
 
     async def _turn(

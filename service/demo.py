@@ -74,7 +74,7 @@ def main() -> int:
                 extra_body={"rlm": {"context": "\n".join(lines), "include_trajectory": True}},
             )
             elapsed = time.perf_counter() - t0
-            for ev in resp.model_extra["rlm"]["trajectory"]:
+            for ev in (resp.model_extra or {})["rlm"]["trajectory"]:
                 _show(ev)
             answer = resp.choices[0].message.content
             print(f"\nAnswer: {answer}   (expected {magic}; {elapsed * 1000:.0f} ms; usage {resp.usage})")

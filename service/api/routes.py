@@ -182,9 +182,9 @@ async def chat_completions(request: Request, owner: Caller) -> Response:
     )  # fmt: skip
     if result.trajectory is not None:
         body["rlm"]["trajectory"] = result.trajectory
-    response = JSONResponse(body)
-    _session_headers(response, session)
-    return response
+    reply = JSONResponse(body)
+    _session_headers(reply, session)
+    return reply
 
 
 async def _stream(
@@ -308,13 +308,13 @@ async def run_events(session_id: str, run_id: str, request: Request, owner: Call
                 yield sse(ev)
             while run.status == "running" or not queue.empty():
                 try:
-                    ev = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                    item = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
                 except TimeoutError:
                     yield b": keep-alive\n\n"
                     continue
-                if ev is None:
+                if item is None:
                     break
-                yield sse(ev)
+                yield sse(item)
             yield sse({"event": "run_end", "status": run.status, "summary": run.summary()})
         finally:
             run.listeners.discard(queue)

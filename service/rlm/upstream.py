@@ -13,7 +13,6 @@ import random
 import time
 from dataclasses import dataclass
 
-import httpx
 import openai
 
 from service.errors import UpstreamError
@@ -66,10 +65,6 @@ class Upstream:
             base_url=base_url,
             max_retries=0,
             timeout=timeout_s,
-            http_client=httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-                timeout=timeout_s,
-            ),
         )
         self.timeout_s = timeout_s
         self.retries = retries
