@@ -33,7 +33,11 @@ log = logging.getLogger(__name__)
 LABEL_MANAGED = "rlm-py.managed"
 LABEL_INSTANCE = "rlm-py.instance"
 LABEL_SESSION = "rlm-py.session"
-WORKER_CMD = ["python3", "-E", "-s", "-B", "/opt/rlm/sandbox/worker.py"]
+# Imported as a module (not run as a script) so its bytecode, compiled into the image, is used.
+WORKER_CMD = [
+    "python3", "-E", "-s", "-B", "-c",
+    "import sys; sys.path.insert(0, '/opt/rlm/sandbox'); import worker; sys.exit(worker.main())",
+]  # fmt: skip
 _MUX_HEADER = struct.Struct(">BxxxI")
 
 _executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="docker-sdk")
