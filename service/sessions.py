@@ -59,11 +59,14 @@ class RunRecord:
     sub_calls: int = 0
     elapsed_ms: float = 0.0
     events: list[dict[str, Any]] = field(default_factory=list)
+    events_dropped: int = 0
     listeners: set[asyncio.Queue[dict[str, Any] | None]] = field(default_factory=set)
 
     def add_event(self, ev: dict[str, Any]) -> None:
         if len(self.events) < MAX_EVENTS_PER_RUN:
             self.events.append(ev)
+        else:
+            self.events_dropped += 1
         for q in list(self.listeners):
             with contextlib.suppress(asyncio.QueueFull):
                 q.put_nowait(ev)
@@ -80,6 +83,7 @@ class RunRecord:
             "status": self.status, "iterations": self.iterations, "sub_calls": self.sub_calls,
             "usage": self.usage, "elapsed_ms": self.elapsed_ms,
             "answer": None if self.answer is None else self.answer[:300], "error": self.error,
+            "events_dropped": self.events_dropped,
         }  # fmt: skip
 
 

@@ -25,6 +25,7 @@ from service.constants import RESET_HEADER, SESSION_COOKIE, SESSION_HEADER
 from service.errors import (
     BadRequest,
     Conflict,
+    NotFound,
     Overloaded,
     PayloadTooLarge,
     ServiceError,
@@ -287,7 +288,7 @@ async def get_run(session_id: str, run_id: str, request: Request, owner: Caller)
     for run in session.runs:
         if run.id == run_id:
             return {**run.summary(), "events": run.events}
-    raise BadRequest(f"no run {run_id!r} in session {session_id}", param="run_id")
+    raise NotFound(f"no run {run_id!r} in session {session_id}", param="run_id", code="run_not_found")
 
 
 @router.get("/v1/sessions/{session_id}/runs/{run_id}/events")
@@ -296,7 +297,7 @@ async def run_events(session_id: str, run_id: str, request: Request, owner: Call
     session = _sessions(request).get(session_id, owner)
     run = next((r for r in session.runs if r.id == run_id), None)
     if run is None:
-        raise BadRequest(f"no run {run_id!r} in session {session_id}", param="run_id")
+        raise NotFound(f"no run {run_id!r} in session {session_id}", param="run_id", code="run_not_found")
     queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=10_000)
     past = list(run.events)
     if run.status == "running":

@@ -46,6 +46,7 @@ class RunResult:
     iterations: int
     how: str  # answer | final | final_var | forced | partial
     stopped_by: str | None  # None when the model answered by itself
+    run_id: str = ""
 
 
 @dataclass(slots=True)
@@ -56,6 +57,8 @@ class _Run:
     budget: Budget
     sandbox: SandboxHandle
     emit: EventSink
+    iteration: int = 0  # where the run is: lets events name the block that made a sub-call
+    block: int = -1
 
 
 class RLMEngine:
@@ -76,6 +79,7 @@ class RLMEngine:
         depth: int = 0,
         model: str | None = None,
         turn: int = 0,
+        parent: _Run | None = None,
     ) -> RunResult:
         """Run the loop until an answer, the iteration limit (forced answer) or a budget."""
         run = _Run(uuid.uuid4().hex[:10], ns, depth, budget, sandbox, _safe(emit))
@@ -84,6 +88,9 @@ class RLMEngine:
             "event": "run_start", "run": run.id, "depth": depth, "ns": ns, "model": model,
             "query": preview(query, 2000), "context": context_info,
             "max_depth": budget.max_depth, "max_iterations": budget.max_iterations,
+            "parent": parent.id if parent else None,
+            "parent_iteration": parent.iteration if parent else None,
+            "parent_block": parent.block if parent else None,
         })  # fmt: skip
         system = prompts.system_prompt(context_info, depth, budget.max_depth, turn)
         messages: list[dict[str, str]] = [{"role": "system", "content": system}]
@@ -105,6 +112,7 @@ class RLMEngine:
                 stopped_by = exc.name
                 break
             iterations = i + 1
+            run.iteration, run.block = i, -1
             text = comp.text
             run.emit({
                 "event": "iteration", "run": run.id, "iteration": i, "response": text,
@@ -119,6 +127,7 @@ class RLMEngine:
             feedback: list[str] = []
             blocks = code_blocks(text)
             for b, code in enumerate(blocks):
+                run.block = b
                 result = await sandbox.exec(code, ns, on_call=handler, timeout_s=self.cfg.exec_timeout_s)
                 feedback.append(self._format_output(b, len(blocks), result))
                 run.emit({
@@ -167,7 +176,7 @@ class RLMEngine:
             "stopped_by": stopped_by, "iterations": iterations,
             "ms": round((time.perf_counter() - t_run) * 1000, 1),
         })  # fmt: skip
-        return RunResult(answer=answer, iterations=iterations, how=how, stopped_by=stopped_by)
+        return RunResult(answer=answer, iterations=iterations, how=how, stopped_by=stopped_by, run_id=run.id)
 
     async def _force_final(
         self, run: _Run, model: str, messages: list[dict[str, str]]
@@ -179,6 +188,12 @@ class RLMEngine:
             )
         except BudgetExceeded:
             return None, "partial"
+        run.emit({
+            "event": "iteration", "run": run.id, "iteration": run.iteration + 1, "forced": True,
+            "response": comp.text, "finish_reason": comp.finish_reason,
+            "ms": round(comp.latency_s * 1000, 1),
+            "usage": {"prompt_tokens": comp.prompt_tokens, "completion_tokens": comp.completion_tokens},
+        })  # fmt: skip
         found = final_in_text(comp.text)
         if found is not None and found.kind == "final_var":
             value = await run.sandbox.get_var(found.value, run.ns)
@@ -252,7 +267,7 @@ class RLMEngine:
         comp = await self._complete(run, model_name, [{"role": "user", "content": prompt}])
         run.emit({
             "event": "sub_call", "run": run.id, "kind": kind, "depth": run.depth + 1,
-            "model": model_name, "prompt": preview(prompt), "answer": preview(comp.text),
+            "iteration": run.iteration, "block": run.block, "model": model_name, "prompt": preview(prompt), "answer": preview(comp.text),
             "prompt_tokens": comp.prompt_tokens, "completion_tokens": comp.completion_tokens,
             "ms": round((time.perf_counter() - t0) * 1000, 1),
         })  # fmt: skip
@@ -282,6 +297,7 @@ class RLMEngine:
             result = await self.run(
                 query=query, sandbox=sandbox, context_info=info, budget=parent.budget,
                 emit=parent.emit, ns=child_ns, depth=parent.depth + 1, model=self.cfg.sub_model,
+                parent=parent,
             )  # fmt: skip
         finally:
             if sandbox.alive:
@@ -291,6 +307,7 @@ class RLMEngine:
                     log.debug("dropping namespace %s failed", child_ns)
         parent.emit({
             "event": "sub_call", "run": parent.id, "kind": "rlm", "depth": parent.depth + 1,
+            "iteration": parent.iteration, "block": parent.block, "child_run": result.run_id,
             "model": self.cfg.sub_model, "prompt": preview(query), "answer": preview(result.answer),
             "iterations": result.iterations, "ms": round((time.perf_counter() - t0) * 1000, 1),
         })  # fmt: skip

@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,11 @@ log = logging.getLogger(__name__)
 
 EventSink = Callable[[dict[str, Any]], None]
 PREVIEW_CHARS = 500
+
+
+def _iso(t: float | None) -> str:
+    """Timestamps as the official library writes them (ISO 8601)."""
+    return datetime.fromtimestamp(t if t is not None else time.time(), tz=UTC).isoformat()
 
 
 def preview(text: str, n: int = PREVIEW_CHARS) -> str:
@@ -64,16 +70,20 @@ class TrajectoryWriter:
                 "environment_type": "rlm-py-sandbox",
                 "query": ev.get("query"),
                 "context": ev.get("context"),
-                "timestamp": time.time(),
+                "timestamp": _iso(ev.get("t")),
             }
             return
-        if ev.get("run") != self._root_run and kind != "sub_call":
-            return
-        if kind == "iteration":
+        if ev.get("run") != self._root_run:
+            return  # child runs appear as the root's rlm sub-calls
+        if kind == "iteration" and ev.get("forced"):
+            # The forced final answer's call: recorded on the last iteration it closes.
+            if self._iterations:
+                self._iterations[max(self._iterations)]["forced_final_response"] = ev.get("response", "")
+        elif kind == "iteration":
             self._iterations[ev["iteration"]] = {
                 "type": "iteration",
                 "iteration": ev["iteration"] + 1,
-                "timestamp": time.time(),
+                "timestamp": _iso(ev.get("t")),
                 "response": ev.get("response", ""),
                 "code_blocks": [],
                 "final_answer": None,
