@@ -143,6 +143,7 @@ class SessionStore:
         self.ttl_s = ttl_s
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._reaper: asyncio.Task[None] | None = None
+        self._reap_interval = min(60.0, max(1.0, ttl_s / 4))
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -199,7 +200,7 @@ class SessionStore:
 
     async def _reap_loop(self) -> None:
         while True:
-            await asyncio.sleep(min(60.0, max(1.0, self.ttl_s / 4)))
+            await asyncio.sleep(self._reap_interval)
             now = time.monotonic()
             for sid, session in list(self._sessions.items()):
                 if not session.busy and now - session.last_used > self.ttl_s:
