@@ -16,7 +16,7 @@ PLAYBOOK := $(VENV)/bin/ansible-playbook -i localhost, -c local ami/playbook.yml
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install runtime provision-runtime ami-lint image browser serve demo test test-fast lint bench \
+.PHONY: help install runtime provision-runtime ami-lint image browser serve demo test test-ui test-fast lint bench \
         loadtest loadtest-local ami infra-preview infra-up infra-outputs infra-destroy \
         aws-setup create conn ec2-setup list start stop reboot delete clean
 
@@ -60,6 +60,9 @@ demo: image ## one needle-in-a-haystack query, offline, against the scripted ups
 
 test: image browser ## the whole test suite on real Docker + runsc (the command CI runs)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-ui: install browser ## the trajectory viewer in headless Chromium (local sandbox, no Docker)
+	$(PY) -m pytest -q tests/ui $(PYTEST_ARGS)
 
 test-fast: install ## the tests that need no Docker (local sandbox, mocks): a quick loop
 	RLM_TEST_SKIP_DOCKER=1 $(PY) -m pytest -q --ignore=tests/ui $(PYTEST_ARGS)
