@@ -78,6 +78,7 @@ class ChatService:
         self.admission = admission
         self.metrics = metrics
         self.redact = Redactor(settings.secrets())
+        self._background: set[asyncio.Task[None]] = set()
 
     def check_model(self, model: str) -> None:
         if model not in self.settings.served_models:
@@ -143,6 +144,12 @@ class ChatService:
                 raise SandboxFailure(f"no sandbox available: {exc}", code=exc.kind) from exc
             session.turns = 0
             session.lost_reason = None
+            # Name the container after its session so operators can find it (off the hot path).
+            rename = getattr(session.sandbox.process, "rename", None)
+            if rename is not None:
+                task = asyncio.get_running_loop().create_task(rename(f"rlm-{self.settings.rlm_instance}-{session.id}"[:128]))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
         elif reset:
             await handle.reset()
             session.turns = 0
@@ -163,8 +170,11 @@ class ChatService:
         assert sandbox is not None
         turn = session.turns
         budget = Budget(
-            max_iterations=(opts.max_iterations if opts and opts.max_iterations else s.rlm_max_iterations),
-            max_depth=(opts.max_depth if opts and opts.max_depth is not None else s.rlm_max_depth),
+            # A client may lower the operator's limits, never raise them.
+            max_iterations=min(opts.max_iterations or s.rlm_max_iterations, s.rlm_max_iterations)
+            if opts
+            else s.rlm_max_iterations,
+            max_depth=min(s.rlm_max_depth if opts is None or opts.max_depth is None else opts.max_depth, s.rlm_max_depth),
             max_sub_calls=s.rlm_max_sub_calls,
             max_total_tokens=s.rlm_max_total_tokens,
             deadline=time.monotonic() + s.rlm_request_timeout_s,

@@ -111,6 +111,7 @@ def test_second_turn_sees_first_turns_variables(http: httpx.Client, up: Scripted
 
     view = http.get(f"/v1/sessions/{sid}").json()
     assert view["turns"] == 2 and view["sandbox"]["status"] == "ready"
+    assert view["sandbox"]["name"] == f"rlm-rlm-test-api-{sid}"  # the container bears its session's name
     names = {v["name"]: v["repr"] for v in view["variables"]}
     assert names["kept"] == "'from turn one'" and "context_1" in names
     assert view["state"] == [{"name": "counter", "type": "int", "repr": "1"}]
@@ -294,3 +295,22 @@ def test_upstream_failure_is_a_502(http: httpx.Client, up: ScriptedUpstream) -> 
     r = http.post("/v1/chat/completions", json={"model": "rlm", "messages": [{"role": "user", "content": "q"}]})
     assert r.status_code == 502 and r.json()["error"]["type"] == "upstream_error"
     assert "sk-upstream-secret-value" not in r.text
+
+
+def test_a_request_may_lower_the_depth_budget_but_not_raise_it(http: httpx.Client, up: ScriptedUpstream) -> None:
+    def root(body: dict[str, Any]) -> str:
+        q = body["messages"][-1]["content"]
+        if "Query: deeper" in q:
+            return repl("answer['content'] = rlm_query('deepest', context='z')\nanswer['ready'] = True")
+        return repl("answer['content'] = rlm_query('deeper', context='y')\nanswer['ready'] = True")
+
+    up.policy = Router(root, sub=lambda b: "plain")
+    body = {"model": "rlm", "messages": [{"role": "user", "content": "q"}],
+            "rlm": {"context": "x", "max_depth": 5, "include_trajectory": True}}  # fmt: skip
+    r = http.post("/v1/chat/completions", json=body).json()
+    depths = [e["depth"] for e in r["rlm"]["trajectory"] if e["event"] == "run_start"]
+    assert sorted(depths) == [0, 1]  # the server's RLM_MAX_DEPTH=1 holds
+    assert any(e["event"] == "sub_call" and e["kind"] == "rlm_as_llm" for e in r["rlm"]["trajectory"])
+    body["rlm"]["max_depth"] = 0
+    r = http.post("/v1/chat/completions", json=body).json()
+    assert [e["depth"] for e in r["rlm"]["trajectory"] if e["event"] == "run_start"] == [0]
