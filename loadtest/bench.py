@@ -12,9 +12,9 @@ Sections:
    with runsc sandboxes vs the official ``LocalREPL`` and ``DockerREPL``, at 1 and 20
    concurrent requests: completions/s, median and p95 latency;
 4. capacity: with the upstream at 200 ms per call, the most concurrent sessions (closed loop
-   of needle requests, 10/20/40/80) whose p95 latency stays within 100 ms of the upstream's
-   share (two calls, 400 ms), and host memory per session (RSS of each container's shim,
-   runsc-sandbox and runsc-gofer processes).
+   of needle requests; 2, 5, 10, 20, 40, 80, stopping at the first miss) whose p95 latency
+   stays within 100 ms of the upstream's share (two calls, 400 ms), and host memory per
+   session (RSS of each container's shim, runsc-sandbox and runsc-gofer processes).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from loadtest.upstream import ScriptedUpstream
 
 NEEDLE_QUERY = "What is the magic number in the context? Answer with the number only."
 UPSTREAM_LATENCY_S = 0.2
-CAPACITY_STEPS = (10, 20, 40, 80)
+CAPACITY_STEPS = (2, 5, 10, 20, 40, 80)
 CAPACITY_SLACK_MS = 100.0
 
 
