@@ -306,9 +306,11 @@ class SandboxHandle:
         on_call: CallHandler | None = None,
         timeout_s: float | None = None,
         output_cap: int | None = None,
+        fresh_answer: bool = False,
     ) -> ExecResult:
         """Run a code block in namespace ``ns``. Model calls it makes go to ``on_call``.
 
+        ``fresh_answer`` resets the namespace's ``answer`` dict first (a new run starts).
         Cancelling this coroutine interrupts the code block (SIGINT) and answers its pending
         calls with an error; call ``quiesce`` before reusing the sandbox.
         """
@@ -330,6 +332,8 @@ class SandboxHandle:
             self._handlers[rid] = on_call
         if output_cap:
             body["output_cap"] = output_cap
+        if fresh_answer:
+            body["fresh_answer"] = True
         try:
             await self._send(proto.Frame("exec", rid, body=body))
             frame = await fut

@@ -498,6 +498,8 @@ class Worker:
 
     def op_exec(self, frame: proto.Frame) -> dict[str, Any]:
         ns = self.namespace(str(frame.body.get("ns", "root")))
+        if frame.body.get("fresh_answer"):  # a new run: last turn's answer is not this one's
+            ns["answer"] = {"content": None, "ready": False}
         code = str(frame.body.get("code", ""))
         timeout = float(frame.body.get("timeout") or self.default_timeout)
         cap = int(frame.body.get("output_cap") or self.output_cap)

@@ -59,6 +59,7 @@ class _Run:
     emit: EventSink
     iteration: int = 0  # where the run is: lets events name the block that made a sub-call
     block: int = -1
+    executed: bool = False  # has a block run yet (the first one resets ``answer``)
 
 
 class RLMEngine:
@@ -128,7 +129,10 @@ class RLMEngine:
             blocks = code_blocks(text)
             for b, code in enumerate(blocks):
                 run.block = b
-                result = await sandbox.exec(code, ns, on_call=handler, timeout_s=self.cfg.exec_timeout_s)
+                result = await sandbox.exec(
+                    code, ns, on_call=handler, timeout_s=self.cfg.exec_timeout_s, fresh_answer=not run.executed
+                )
+                run.executed = True
                 feedback.append(self._format_output(b, len(blocks), result))
                 run.emit({
                     "event": "code", "run": run.id, "iteration": i, "block": b, "code": code,

@@ -314,3 +314,52 @@ def test_a_request_may_lower_the_depth_budget_but_not_raise_it(http: httpx.Clien
     body["rlm"]["max_depth"] = 0
     r = http.post("/v1/chat/completions", json=body).json()
     assert [e["depth"] for e in r["rlm"]["trajectory"] if e["event"] == "run_start"] == [0]
+
+
+def test_streaming_client_that_disconnects_cancels_its_run(server: ServiceServer, http: httpx.Client, up: ScriptedUpstream) -> None:
+    up.policy = Router([repl("import time\ntime.sleep(30)"), repl("answer['content'] = 'still here'\nanswer['ready'] = True")])
+    sid = "stream-disconnect"
+    body = {"model": "rlm", "stream": True, "messages": [{"role": "user", "content": "q"}], "rlm": {"context": "c"}}
+    headers = {"authorization": f"Bearer {KEY}", "x-rlm-session-id": sid}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, headers=headers, timeout=30) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = r.iter_lines()  # kept: a dropped iterator closes the response (a disconnect)
+        first = next(lines)
+        assert json.loads(first.removeprefix("data: "))["choices"][0]["delta"]["role"] == "assistant"
+        deadline = time.monotonic() + 20
+        while up.stats.calls < 1:
+            assert time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.05)
+        time.sleep(0.5)  # the sleeping block is running now; hang up
+    t0 = time.perf_counter()
+    r2 = http.post("/v1/chat/completions", json={**body, "stream": False}, headers={"x-rlm-session-id": sid})
+    assert r2.status_code == 200 and r2.json()["choices"][0]["message"]["content"] == "still here"
+    assert time.perf_counter() - t0 < 10
+    assert [x["status"] for x in http.get(f"/v1/sessions/{sid}").json()["runs"]] == ["cancelled", "done"]
+
+
+def test_a_100_mb_context_end_to_end(upstream: ScriptedUpstream, up: ScriptedUpstream, docker_ready: None) -> None:
+    lines = [f"filler line with some words {i}" for i in range(3_000_000)]
+    lines[2_500_000] = "the magic number is 777"
+    context = "\n".join(lines)
+    assert len(context) > 100_000_000
+    env = service_env(upstream, rlm_sandbox="docker", rlm_sandbox_pool_size=1, rlm_instance="rlm-test-big")
+    with ServiceServer(**env) as srv:  # the default RLM_MAX_BODY_BYTES takes it
+        r = httpx.post(srv.url + "/v1/chat/completions", timeout=120, headers={"authorization": f"Bearer {KEY}"},
+                       json={"model": "rlm", "messages": [{"role": "user", "content": "magic?"}], "rlm": {"context": context}})  # fmt: skip
+    assert r.status_code == 200, r.text[:500]
+    assert r.json()["choices"][0]["message"]["content"] == "777"
+
+
+def test_last_turns_answer_does_not_end_the_next_turn(http: httpx.Client, up: ScriptedUpstream) -> None:
+    up.policy = Router([
+        repl("answer['content'] = 'turn one'\nanswer['ready'] = True"),
+        repl("x = 2"),  # turn two's first block sets no answer: the run must go on
+        "FINAL(turn two)",
+    ])  # fmt: skip
+    body = {"model": "rlm", "messages": [{"role": "user", "content": "q"}], "rlm": {"context": "c"}}
+    sid = "answer-per-turn"
+    one = http.post("/v1/chat/completions", json=body, headers={"x-rlm-session-id": sid}).json()
+    two = http.post("/v1/chat/completions", json=body, headers={"x-rlm-session-id": sid}).json()
+    assert one["choices"][0]["message"]["content"] == "turn one"
+    assert two["choices"][0]["message"]["content"] == "turn two" and two["rlm"]["iterations"] == 2
