@@ -97,6 +97,13 @@ class SandboxPool:
         live = list(self._live)
         self._live.clear()
         await asyncio.gather(*(h.close() for h in live), return_exceptions=True)
+        # Cold starts made for requests may still be in flight: each removes its own sandbox
+        # when it sees the pool closed; wait for them so none outlives the service.
+        deadline = time.monotonic() + self.cfg.start_timeout_s + 10
+        while self._starting and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self._starting:
+            log.warning("%d sandbox starts still running at shutdown", self._starting)
 
     # ---- stats -------------------------------------------------------------------------
 
