@@ -68,6 +68,8 @@ class SandboxPool:
         self._idle: asyncio.Queue[SandboxHandle] = asyncio.Queue()
         self._live: set[SandboxHandle] = set()
         self._starting = 0
+        self._no_starts = asyncio.Event()
+        self._no_starts.set()
         self._start_gate = asyncio.Semaphore(max_parallel_starts)
         self._refill_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -99,10 +101,9 @@ class SandboxPool:
         await asyncio.gather(*(h.close() for h in live), return_exceptions=True)
         # Cold starts made for requests may still be in flight: each removes its own sandbox
         # when it sees the pool closed; wait for them so none outlives the service.
-        deadline = time.monotonic() + self.cfg.start_timeout_s + 10
-        while self._starting and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if self._starting:
+        try:
+            await asyncio.wait_for(self._no_starts.wait(), self.cfg.start_timeout_s + 10)
+        except TimeoutError:
             log.warning("%d sandbox starts still running at shutdown", self._starting)
 
     # ---- stats -------------------------------------------------------------------------
@@ -149,22 +150,26 @@ class SandboxPool:
         if self._closed:
             raise SandboxUnavailable("the sandbox pool is shutting down")
         self._starting += 1
+        self._no_starts.clear()
         t0 = time.perf_counter()
         try:
-            async with self._start_gate:
-                handle = await launch(self.cfg)
-        except SandboxError as exc:
-            self.last_error = str(exc)
-            raise
+            try:
+                async with self._start_gate:
+                    handle = await launch(self.cfg)
+            except SandboxError as exc:
+                self.last_error = str(exc)
+                raise
+            self.last_error = None
+            self.start_seconds = (self.start_seconds + [time.perf_counter() - t0])[-100:]
+            if self._closed:  # the pool shut down meanwhile: this sandbox has no owner
+                await handle.close()
+                raise SandboxUnavailable("the sandbox pool is shutting down")
+            self._live.add(handle)
+            return handle
         finally:
             self._starting -= 1
-        self.last_error = None
-        self.start_seconds = (self.start_seconds + [time.perf_counter() - t0])[-100:]
-        if self._closed:
-            await handle.close()
-            raise SandboxUnavailable("the sandbox pool is shutting down")
-        self._live.add(handle)
-        return handle
+            if self._starting == 0:
+                self._no_starts.set()
 
     async def _refill_loop(self) -> None:
         backoff = 0.5
