@@ -54,8 +54,8 @@ async def _timed(fn: Callable[[], Awaitable[Any]], n: int, warmup: int = 3) -> l
     return out
 
 
-def host_pss_mb(container_id: str) -> float:
-    """Summed PSS of the host processes that name this container (runsc, gofer, shim)."""
+def _host_kb(container_id: str, path: str, key: str) -> int:
+    """Sum of ``key`` in /proc/<pid>/<path> over the host processes naming the container."""
     total_kb = 0
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -64,33 +64,23 @@ def host_pss_mb(container_id: str) -> float:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 if container_id.encode() not in f.read():
                     continue
-            with open(f"/proc/{pid}/smaps_rollup") as f:
+            with open(f"/proc/{pid}/{path}") as f:
                 for line in f:
-                    if line.startswith("Pss:"):
+                    if line.startswith(key):
                         total_kb += int(line.split()[1])
         except OSError:
             continue
-    return total_kb / 1024
+    return total_kb
+
+
+def host_pss_mb(container_id: str) -> float:
+    """Summed PSS of the host processes that serve this container (runsc, gofer, shim)."""
+    return _host_kb(container_id, "smaps_rollup", "Pss:") / 1024
 
 
 def host_rss_mb(container_id: str) -> float:
-    """Summed VmRSS of the host processes that name this container (shared pages counted
-    once per process: an upper bound)."""
-    total_kb = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if container_id.encode() not in f.read():
-                    continue
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total_kb += int(line.split()[1])
-        except OSError:
-            continue
-    return total_kb / 1024
+    """Summed RSS of the same processes: shared pages counted once per process (an upper bound)."""
+    return _host_kb(container_id, "status", "VmRSS:") / 1024
 
 
 def cgroup_mb(container_id: str) -> float:
