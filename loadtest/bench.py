@@ -122,11 +122,25 @@ async def sandbox_rows(quick: bool) -> list[dict[str, Any]]:
         from loadtest.stack import remove_containers
 
         remove_containers(cfg.instance)
-    return [
+    rows = [
         {**row("sandbox", r["name"], unit=r.get("unit", "ms"), aim=r.get("aim", "")),
          "n": r.get("n"), "median": r.get("median"), "p95": r.get("p95")}
         for r in got
     ]  # fmt: skip
+    # The same trivial exec in the official library's DockerREPL, and the ratio.
+    ours = next((r["median"] for r in got if r["name"].startswith("exec")), None)
+    try:
+        from loadtest.bench_official import exec_round_trips
+
+        theirs = await asyncio.to_thread(exec_round_trips, 10 if quick else 30)
+    except Exception as exc:  # noqa: BLE001 - the comparison is optional
+        rows.append(row("sandbox", "official DockerREPL exec `1`", note=f"not run: {exc}"[:200]))
+        return rows
+    rows.append(row("sandbox", "official DockerREPL exec `1` (runc)", theirs, note="docker exec + pickle per block"))
+    if ours:
+        rows.append(row("sandbox", "exec ratio: official DockerREPL / this sandbox", unit="x",
+                        value=statistics.median(theirs) / ours))  # fmt: skip
+    return rows
 
 
 # ---- 2. engine overhead --------------------------------------------------------------

@@ -106,6 +106,30 @@ def _loopback_docker_run() -> None:
     }})  # fmt: skip
 
 
+def exec_round_trips(n: int = 20) -> list[float]:
+    """Milliseconds per trivial code block (``1``) in the official DockerREPL.
+
+    The same workload as the sandbox benchmark's exec row: one live REPL, one block at a time
+    (each is a ``docker exec python`` that loads and saves the pickled state).
+    """
+    os.environ.setdefault("RLM_DOCKER_WORKSPACE_DIR", tempfile.mkdtemp(prefix="rlm-official-"))
+    ensure_image()
+    _loopback_docker_run()
+    from rlm.environments.docker_repl import DockerREPL
+
+    env = DockerREPL(image=OFFICIAL_IMAGE)
+    try:
+        env.execute_code("1")  # warm-up
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            env.execute_code("1")
+            out.append((time.perf_counter() - t0) * 1000)
+        return out
+    finally:
+        env.cleanup()
+
+
 def _haystack(lines: int) -> list[str]:
     # The locustfile's filler, without importing Locust (gevent) here.
     words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima".split()
