@@ -12,6 +12,7 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import openai
 
@@ -85,8 +86,14 @@ class Upstream:
                     self.in_flight += 1
                     self.calls_total += 1
                     try:
-                        resp = await self.client.chat.completions.create(
-                            model=model, messages=messages, timeout=timeout  # type: ignore[arg-type]
+                        # The client's raw POST: the same auth, errors and timeouts as
+                        # chat.completions.create(), without its request transforms and
+                        # response models, which cost about half of a call's CPU (measured).
+                        resp = await self.client.post(
+                            "/chat/completions",
+                            body={"model": model, "messages": messages},
+                            cast_to=object,
+                            options={"timeout": timeout},
                         )
                     finally:
                         self.in_flight -= 1
@@ -96,19 +103,32 @@ class Upstream:
                     attempt += 1
                     continue
                 raise UpstreamError(_describe(exc, model)) from exc
-            choice = resp.choices[0] if resp.choices else None
-            usage = resp.usage
-            return Completion(
-                text=(choice.message.content or "") if choice else "",
-                finish_reason=choice.finish_reason if choice else None,
-                prompt_tokens=usage.prompt_tokens if usage else 0,
-                completion_tokens=usage.completion_tokens if usage else 0,
-                latency_s=time.perf_counter() - t0,
-                model=model,
-            )
+            return _completion(resp, model, time.perf_counter() - t0)
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def _completion(resp: Any, model: str, latency_s: float) -> Completion:
+    """Read a chat.completion body; an upstream that answers something else is an error."""
+    try:
+        choices = resp.get("choices") or []
+        choice = choices[0] if choices else {}
+        message = choice.get("message") or {}
+        content = message.get("content")
+        if isinstance(content, list):  # content parts
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        usage = resp.get("usage") or {}
+        return Completion(
+            text=content if isinstance(content, str) else "",
+            finish_reason=choice.get("finish_reason"),
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            latency_s=latency_s,
+            model=model,
+        )
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise UpstreamError(f"upstream model {model!r} sent a malformed completion: {exc}") from exc
 
 
 def _retry_after(exc: BaseException) -> float | None:
