@@ -84,8 +84,8 @@ loadtest: install ## Locust against a deployed HOST (USERS, RUN_TIME, SPAWN_RATE
 	@test -n "$(HOST)" || { echo "usage: make loadtest HOST=http://... [USERS=20 RUN_TIME=5m]"; exit 2; }
 	$(PY) -m loadtest.run --host $(HOST) --users $(USERS) --run-time $(RUN_TIME) --spawn-rate $(SPAWN_RATE)
 
-loadtest-local: image ## scripted upstream + service + runsc on loopback, bounded run; fails on any error
-	$(PY) -m loadtest.local
+loadtest-local: image ## scripted upstream + service + runsc on loopback (USERS, LOCAL_RUN_TIME=60s, LATENCY=0); fails on any error
+	$(PY) -m loadtest.local --users $(USERS) --run-time $(or $(LOCAL_RUN_TIME),60s) --latency $(or $(LATENCY),0)
 
 # ---- AWS: AMIs, the Pulumi fleet, one dev instance ----------------------------------------
 ARCH ?= arm64
