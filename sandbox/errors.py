@@ -3,6 +3,8 @@
     SandboxError
     ├── SandboxStartError      the sandbox could not be started (image missing, runtime down)
     ├── SandboxUnavailable     no sandbox could be had in time (pool empty, runtime busy)
+    ├── WorkerError            the worker could not do what was asked (e.g. out of memory
+    │                          decoding a context); the sandbox lives on
     └── SandboxLost            a running sandbox is gone; its session's variables are lost
         ├── HardTimeout        code ran past the hard deadline and the sandbox was killed
         ├── MemoryLimit        the sandbox hit its memory cap
@@ -27,6 +29,10 @@ class SandboxStartError(SandboxError):
 
 class SandboxUnavailable(SandboxError):
     kind = "unavailable"
+
+
+class WorkerError(SandboxError):
+    kind = "worker_error"
 
 
 class SandboxLost(SandboxError):

@@ -30,6 +30,7 @@ from sandbox.errors import (
     SandboxError,
     SandboxLost,
     SandboxStartError,
+    WorkerError,
 )
 from sandbox.process import SandboxProcess
 
@@ -283,7 +284,7 @@ class SandboxHandle:
             raise SandboxLost("sandbox is closed")
 
     async def request(self, ftype: str, body: dict[str, Any], blob: bytes = b"") -> dict[str, Any]:
-        """Send one request and wait for its answer; worker-side errors raise RuntimeError."""
+        """Send one request and wait for its answer; worker-side failures raise WorkerError."""
         self._check()
         rid = next(self._ids)
         fut: asyncio.Future[proto.Frame] = asyncio.get_running_loop().create_future()
@@ -295,7 +296,7 @@ class SandboxHandle:
         await self._send(proto.Frame(ftype, rid, body=body, blob=blob))
         frame = await fut
         if frame.type == "error":
-            raise RuntimeError(f"{frame.body.get('name')}: {frame.body.get('message')}")
+            raise WorkerError(f"the sandbox could not {ftype}: {frame.body.get('name')}: {frame.body.get('message')}")
         return frame.body
 
     async def exec(

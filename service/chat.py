@@ -151,7 +151,12 @@ class ChatService:
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
         elif reset:
-            await handle.reset()
+            try:
+                await handle.reset()
+            except SandboxError:  # it died meanwhile: a fresh sandbox is a reset too
+                session.sandbox = None
+                await self.pool.release(handle)
+                await self._ensure_sandbox(session, reset=False)
             session.turns = 0
 
     async def _turn(

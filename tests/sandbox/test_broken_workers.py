@@ -13,7 +13,13 @@ import time
 import pytest
 
 from sandbox.config import SandboxConfig
-from sandbox.errors import HardTimeout, ProtocolViolation, SandboxLost, SandboxStartError
+from sandbox.errors import (
+    HardTimeout,
+    ProtocolViolation,
+    SandboxLost,
+    SandboxStartError,
+    WorkerError,
+)
 from sandbox.handle import SandboxHandle
 from sandbox.pool import launch
 from sandbox.process import LocalProcess
@@ -123,3 +129,10 @@ async def test_code_that_ignores_interrupts_is_killed_when_cancelled() -> None:
             await handle.exec("1")
     finally:
         await handle.close()
+
+
+async def test_a_request_the_worker_cannot_serve_is_a_worker_error_and_the_sandbox_lives() -> None:
+    async with await launch(CFG) as handle:
+        with pytest.raises(WorkerError, match="no value handed over"):
+            await handle.new_namespace("child", context_ref="never-handed-over")
+        assert handle.alive and (await handle.exec("1 + 1")).stdout == "2\n"
