@@ -40,6 +40,11 @@ def _docker_problem() -> str | None:
     )
     if build.returncode != 0:
         return f"sandbox image {IMAGE} could not be built (`make image`): {build.stderr[-800:]}"
+    # Containers of test instances left by an interrupted earlier run would fail the leak
+    # checks: they belong to no live test, so remove them first.
+    for c in client.containers.list(all=True, filters={"label": "rlm-py.managed=1"}):
+        if c.labels.get("rlm-py.instance", "").startswith("rlm-test"):
+            c.remove(force=True)
     return None
 
 
