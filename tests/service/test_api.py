@@ -363,3 +363,25 @@ def test_last_turns_answer_does_not_end_the_next_turn(http: httpx.Client, up: Sc
     two = http.post("/v1/chat/completions", json=body, headers={"x-rlm-session-id": sid}).json()
     assert one["choices"][0]["message"]["content"] == "turn one"
     assert two["choices"][0]["message"]["content"] == "turn two" and two["rlm"]["iterations"] == 2
+
+
+def test_one_json_log_line_per_request_without_keys_or_contexts(
+    http: httpx.Client, up: ScriptedUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from service.logs import JsonFormatter
+
+    secret_context = "TOP-SECRET-CONTEXT-" + "x" * 5000
+    with caplog.at_level(logging.INFO):
+        r = http.post("/v1/chat/completions", headers={"x-request-id": "req-log-1"},
+                      json={"model": "rlm", "messages": [{"role": "user", "content": "magic?"}],
+                            "rlm": {"context": secret_context}})  # fmt: skip
+    assert r.status_code == 200 and r.headers["x-request-id"] == "req-log-1"
+    fmt = JsonFormatter()
+    lines = [fmt.format(rec) for rec in caplog.records]
+    mine = [json.loads(line) for line in lines if "req-log-1" in line]
+    assert len(mine) == 1
+    assert mine[0]["status"] == 200 and mine[0]["session_id"] and mine[0]["tokens"] > 0
+    text = "\n".join(lines)
+    assert KEY not in text and "TOP-SECRET-CONTEXT" not in text and "sk-upstream-secret-value" not in text
