@@ -171,6 +171,34 @@ def build_app(upstream: ScriptedUpstream) -> FastAPI:
     return app
 
 
+class ThreadedServer:
+    """An ASGI app under uvicorn on a loopback port, on its own thread and event loop.
+
+    One implementation for the scripted upstream, the test service and the demo.
+    """
+
+    def __init__(self, app: Any, port: int, *, name: str, start_timeout_s: float = 30, **config: Any) -> None:
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, **config)
+        )
+        self.thread = threading.Thread(target=self.server.run, name=name, daemon=True)
+        self._name = name
+        self._start_timeout_s = start_timeout_s
+
+    def start(self) -> None:
+        """Start serving; raise RuntimeError when the server dies or does not come up."""
+        self.thread.start()
+        deadline = time.monotonic() + self._start_timeout_s
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"{self._name} did not start")
+            time.sleep(0.01)
+
+    def stop(self, timeout_s: float = 30) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=timeout_s)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -195,8 +223,7 @@ class ScriptedUpstream:
         self.models = models
         self.record = record
         self.stats = Stats()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: ThreadedServer | None = None
 
     @property
     def base_url(self) -> str:
@@ -206,25 +233,16 @@ class ScriptedUpstream:
         self.stats = Stats()
 
     def start(self) -> ScriptedUpstream:
-        config = uvicorn.Config(
-            build_app(self), host="127.0.0.1", port=self.port, log_level="warning",
-            access_log=False, lifespan="off", backlog=2048,
+        self._server = ThreadedServer(
+            build_app(self), self.port, name="scripted upstream", start_timeout_s=10,
+            lifespan="off", backlog=2048,
         )  # fmt: skip
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="scripted-upstream", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("scripted upstream did not start")
-            time.sleep(0.01)
+        self._server.start()
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._server.stop(timeout_s=10)
 
     def __enter__(self) -> ScriptedUpstream:
         return self.start()

@@ -149,7 +149,6 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.loop = asyncio.get_running_loop()
         await pool.start()
         sessions.start()
-        app.state.started = True
         try:
             yield
         finally:

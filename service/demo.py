@@ -11,13 +11,11 @@ import os
 import random
 import sys
 import textwrap
-import threading
 import time
 
 import openai
-import uvicorn
 
-from loadtest.upstream import ScriptedUpstream, free_port
+from loadtest.upstream import ScriptedUpstream, ThreadedServer, free_port
 from service.app import create_app
 from service.config import Settings
 
@@ -54,15 +52,12 @@ def main() -> int:
             rlm_sandbox_pool_size=1,
             rlm_sandbox=os.environ.get("RLM_SANDBOX", "docker"),
         )  # type: ignore[call-arg]
-        app = create_app(settings)
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            if not thread.is_alive():
-                print("the service failed to start", file=sys.stderr)
-                return 1
-            time.sleep(0.05)
+        server = ThreadedServer(create_app(settings), port, name="the service")
+        try:
+            server.start()
+        except RuntimeError as exc:
+            print(exc, file=sys.stderr)
+            return 1
         try:
             client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="demo")
             print(f"Query: what is the magic number? Context: 10,000 lines ({sum(map(len, lines)):,} chars), "
@@ -80,8 +75,7 @@ def main() -> int:
             print(f"\nAnswer: {answer}   (expected {magic}; {elapsed * 1000:.0f} ms; usage {resp.usage})")
             return 0 if answer == str(magic) else 1
         finally:
-            server.should_exit = True
-            thread.join(timeout=30)
+            server.stop()
 
 
 if __name__ == "__main__":

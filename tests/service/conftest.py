@@ -81,38 +81,25 @@ class ServiceServer:
     """The real app under uvicorn on a loopback port, on its own thread and event loop."""
 
     def __init__(self, **overrides: Any) -> None:
-        import threading
-
-        import uvicorn
-
-        from loadtest.upstream import free_port
+        from loadtest.upstream import ThreadedServer, free_port
         from service.app import create_app
         from service.config import Settings
 
         self.port = free_port()
         self.settings = Settings(_env_file=None, rlm_port=self.port, **overrides)  # type: ignore[call-arg]
         self.app = create_app(self.settings)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                access_log=False, timeout_graceful_shutdown=5)  # fmt: skip
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self._server = ThreadedServer(self.app, self.port, name="service", timeout_graceful_shutdown=5)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> ServiceServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("service did not start")
-            time.sleep(0.02)
+        self._server.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
+        self._server.stop()
 
 
 def service_env(up: ScriptedUpstream, **extra: Any) -> dict[str, Any]:
