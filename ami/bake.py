@@ -174,8 +174,10 @@ def provision_script(repo_url: str, playbook_vars: dict[str, str]) -> list[str]:
         f'curl -fsSL --retry 5 {shlex.quote(repo_url)} | tar -xz -C "$src"',
         "apt-get update -q && apt-get install -y -q python3-venv",
         "python3 -m venv /opt/ansible-venv && /opt/ansible-venv/bin/pip install -q 'ansible-core>=2.16'",
-        'cd "$src" && /opt/ansible-venv/bin/ansible-playbook -i localhost, -c local'
-        f" ami/playbook.yml {extra_vars}",
+        (
+            'cd "$src" && /opt/ansible-venv/bin/ansible-playbook -i localhost, -c local'
+            f" ami/playbook.yml {extra_vars}"
+        ),
         'rm -rf "$src" /opt/ansible-venv /etc/rlm-py/secrets.env',
         "apt-get clean && cloud-init clean --logs || true",
     ]
@@ -485,7 +487,7 @@ class Bake:
         # Cleanup goes on past a failing step and never hides the error that ended the bake.
         try:
             call(**kwargs)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - cleanup goes on whatever failed
             self.log(f"cleanup: could not {what}: {exc}")
 
 

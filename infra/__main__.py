@@ -11,10 +11,10 @@ from pathlib import Path
 # packages (infra, service), so put the checkout's root first, installed or not.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import pulumi  # noqa: E402
-import pulumi_aws as aws  # noqa: E402
+import pulumi
+import pulumi_aws as aws
 
-from infra.components import (  # noqa: E402
+from infra.components import (
     Fleet,
     FleetArgs,
     LoadBalancer,
@@ -26,10 +26,10 @@ from infra.components import (  # noqa: E402
     Security,
     SecurityArgs,
 )
-from infra.components.loadbalancer import listener_ports  # noqa: E402
-from infra.components.userdata import BootSettings, render_user_data  # noqa: E402
-from infra.config import load_stack_config  # noqa: E402
-from service.constants import DEFAULT_PORT  # noqa: E402
+from infra.components.loadbalancer import listener_ports
+from infra.components.userdata import BootSettings, render_user_data
+from infra.config import load_stack_config
+from service.constants import DEFAULT_PORT
 
 cfg = load_stack_config(pulumi.Config())
 

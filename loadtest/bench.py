@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import platform
@@ -51,7 +52,7 @@ def pct(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     if not ordered:
         return float("nan")
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def row(section: str, name: str, samples: list[float] | None = None, *, unit: str = "ms",
@@ -76,11 +77,11 @@ def _fmt(v: Any, digits: int = 2) -> str:
 def markdown(rows: list[dict[str, Any]]) -> str:
     head = "| section | measurement | n | median | p95 | unit | per second | aim | note |"
     lines = [head, "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['section']} | {r['name']} | {_fmt(r['n'])} | {_fmt(r['median'])} | {_fmt(r['p95'])} "
-            f"| {r['unit']} | {_fmt(r['rate'], 1)} | {r['aim']} | {r['note']} |"
-        )
+    lines.extend(
+        f"| {r['section']} | {r['name']} | {_fmt(r['n'])} | {_fmt(r['median'])} | {_fmt(r['p95'])} "
+        f"| {r['unit']} | {_fmt(r['rate'], 1)} | {r['aim']} | {r['note']} |"
+        for r in rows
+    )
     return "\n".join(lines)
 
 
@@ -136,7 +137,14 @@ async def sandbox_rows(quick: bool) -> list[dict[str, Any]]:
     except Exception as exc:  # noqa: BLE001 - the comparison is optional
         rows.append(row("sandbox", "official DockerREPL exec `1`", note=f"not run: {exc}"[:200]))
         return rows
-    rows.append(row("sandbox", "official DockerREPL exec `1` (runc)", theirs, note="docker exec + pickle per block"))
+    rows.append(
+        row(
+            "sandbox",
+            "official DockerREPL exec `1` (runc)",
+            theirs,
+            note="docker exec + pickle per block",
+        )
+    )
     if ours:
         rows.append(row("sandbox", "exec ratio: official DockerREPL / this sandbox", unit="x",
                         value=statistics.median(theirs) / ours))  # fmt: skip
@@ -159,7 +167,7 @@ class _Recorder:
 
 
 def _gaps(times: list[float]) -> list[float]:
-    return [(b - a) * 1000 for a, b in zip(times, times[1:], strict=False)]
+    return [(b - a) * 1000 for a, b in itertools.pairwise(times)]
 
 
 async def engine_rows(iterations: int, runs: int) -> tuple[list[dict[str, Any]], float]:
@@ -204,9 +212,7 @@ async def engine_rows(iterations: int, runs: int) -> tuple[list[dict[str, Any]],
                                           budget=budget, emit=lambda ev: None)  # fmt: skip
                 assert result.iterations == iterations, result
                 if i:
-                    engine_gaps += [
-                        (b[0] - a[1]) * 1000 for a, b in zip(calls, calls[1:], strict=False)
-                    ]
+                    engine_gaps += [(b[0] - a[1]) * 1000 for a, b in itertools.pairwise(calls)]
                     upstream_gaps += _gaps(recorder.times)
         finally:
             await sandbox.close()
@@ -246,7 +252,20 @@ def official_engine_rows(iterations: int, runs: int, ours_ms: float) -> list[dic
 
 
 def _needle_template(lines: int = 10_000) -> tuple[bytes, bytes]:
-    words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima".split()
+    words = [
+        "alpha",
+        "bravo",
+        "charlie",
+        "delta",
+        "echo",
+        "foxtrot",
+        "golf",
+        "hotel",
+        "india",
+        "juliet",
+        "kilo",
+        "lima",
+    ]
     rng = random.Random(7)
     filler = [f"line {i:05d}: " + " ".join(rng.choices(words, k=8)) for i in range(lines)]
     filler.insert(lines // 3, "The magic number is 0000000.")

@@ -132,7 +132,20 @@ def exec_round_trips(n: int = 20) -> list[float]:
 
 def _haystack(lines: int) -> list[str]:
     # The locustfile's filler, without importing Locust (gevent) here.
-    words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima".split()
+    words = [
+        "alpha",
+        "bravo",
+        "charlie",
+        "delta",
+        "echo",
+        "foxtrot",
+        "golf",
+        "hotel",
+        "india",
+        "juliet",
+        "kilo",
+        "lima",
+    ]
     rng = random.Random(7)
     return [f"line {i:05d}: " + " ".join(rng.choices(words, k=8)) for i in range(lines)]
 

@@ -36,7 +36,7 @@ AIMS = {
 
 def _row(name: str, samples: list[float], unit: str = "ms") -> dict[str, Any]:
     ordered = sorted(samples)
-    p95 = ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))]
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
     return {
         "name": name, "n": len(samples), "unit": unit,
         "median": statistics.median(ordered), "p95": p95, "aim": AIMS.get(name, ""),
@@ -89,11 +89,15 @@ def cgroup_mb(container_id: str) -> float:
 
     stats = client().api.stats(container_id, stream=False)
     mem = stats.get("memory_stats", {})
-    cache = mem.get("stats", {}).get("inactive_file", mem.get("stats", {}).get("total_inactive_file", 0))
+    cache = mem.get("stats", {}).get(
+        "inactive_file", mem.get("stats", {}).get("total_inactive_file", 0)
+    )
     return (mem.get("usage", 0) - cache) / 2**20
 
 
-async def run(cfg: SandboxConfig | None = None, *, n: int = 200, starts: int = 10) -> list[dict[str, Any]]:
+async def run(
+    cfg: SandboxConfig | None = None, *, n: int = 200, starts: int = 10
+) -> list[dict[str, Any]]:
     """Run every measurement and return one row per measurement."""
     cfg = cfg or SandboxConfig(instance="rlm-bench")
     rows: list[dict[str, Any]] = []
@@ -131,7 +135,9 @@ async def run(cfg: SandboxConfig | None = None, *, n: int = 200, starts: int = 1
     rows.append(_row("warm acquire", acquire))
 
     async def instant(kind: str, body: dict[str, Any]) -> Any:
-        return "ok" if kind == "llm" else ["ok"] * len(body.get("prompts") or body.get("items") or [])
+        return (
+            "ok" if kind == "llm" else ["ok"] * len(body.get("prompts") or body.get("items") or [])
+        )
 
     handle = await launch(cfg)
     try:
@@ -158,7 +164,9 @@ def table(rows: list[dict[str, Any]], title: str = "") -> str:
     lines = [f"### {title}"] if title else []
     lines += ["| measurement | n | median | p95 | aim |", "|---|---:|---:|---:|---|"]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['n']} | {r['median']:.3f} {r['unit']} | {r['p95']:.3f} {r['unit']} | {r['aim']} |")
+        lines.append(
+            f"| {r['name']} | {r['n']} | {r['median']:.3f} {r['unit']} | {r['p95']:.3f} {r['unit']} | {r['aim']} |"
+        )
     return "\n".join(lines)
 
 
@@ -170,7 +178,9 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=200, help="samples per round-trip measurement")
     parser.add_argument("--starts", type=int, default=10, help="cold starts to time")
     args = parser.parse_args()
-    cfg = SandboxConfig(backend=args.backend, runtime=args.runtime, image=args.image, instance="rlm-bench")
+    cfg = SandboxConfig(
+        backend=args.backend, runtime=args.runtime, image=args.image, instance="rlm-bench"
+    )
     rows = asyncio.run(run(cfg, n=args.n, starts=args.starts))
     print(table(rows, f"sandbox benchmark ({args.backend}/{args.runtime}, {os.cpu_count()} cores)"))
 

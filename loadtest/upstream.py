@@ -118,7 +118,10 @@ def build_app(upstream: ScriptedUpstream) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": m, "object": "model", "owned_by": "scripted"} for m in upstream.models]}
+        return {
+            "object": "list",
+            "data": [{"id": m, "object": "model", "owned_by": "scripted"} for m in upstream.models],
+        }
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> JSONResponse:
@@ -140,7 +143,14 @@ def build_app(upstream: ScriptedUpstream) -> FastAPI:
             stats.in_flight -= 1
         if reply.status != 200:
             return JSONResponse(
-                {"error": {"message": reply.text or "scripted failure", "type": "server_error", "param": None, "code": None}},
+                {
+                    "error": {
+                        "message": reply.text or "scripted failure",
+                        "type": "server_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
                 status_code=reply.status,
             )
         prompt_tokens = sum(count_tokens(_text_of(m)) for m in body.get("messages") or [])
@@ -177,9 +187,13 @@ class ThreadedServer:
     One implementation for the scripted upstream, the test service and the demo.
     """
 
-    def __init__(self, app: Any, port: int, *, name: str, start_timeout_s: float = 30, **config: Any) -> None:
+    def __init__(
+        self, app: Any, port: int, *, name: str, start_timeout_s: float = 30, **config: Any
+    ) -> None:
         self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, **config)
+            uvicorn.Config(
+                app, host="127.0.0.1", port=port, log_level="warning", access_log=False, **config
+            )
         )
         self.thread = threading.Thread(target=self.server.run, name=name, daemon=True)
         self._name = name
@@ -257,7 +271,9 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per call")
     args = parser.parse_args()
     up = ScriptedUpstream(latency_s=args.latency, port=args.port, record=False)
-    config = uvicorn.Config(build_app(up), host="127.0.0.1", port=args.port, log_level="info", backlog=2048)
+    config = uvicorn.Config(
+        build_app(up), host="127.0.0.1", port=args.port, log_level="info", backlog=2048
+    )
     print(f"scripted upstream on {up.base_url} (latency {args.latency}s)")
     uvicorn.Server(config).run()
 

@@ -12,6 +12,7 @@ Every Docker SDK exception is translated here into the sandbox error tree.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import struct
@@ -66,37 +67,37 @@ def client() -> docker.DockerClient:
 def container_spec(cfg: SandboxConfig, name: str, session: str = "") -> dict[str, Any]:
     """The container's configuration: every isolation setting lives here."""
     mb = cfg.memory_mb
-    return dict(
-        image=cfg.image,
-        command=[*WORKER_CMD, *worker_args(cfg), "--max-procs", str(max_procs(cfg))],
-        name=name,
-        stdin_open=True,
-        tty=False,
-        detach=True,
-        runtime=cfg.runtime,
-        network_mode="none",
-        read_only=True,
-        tmpfs={"/tmp": f"rw,nosuid,nodev,noexec,size={cfg.tmpfs_mb}m,mode=1777"},
-        user="10001:10001",
-        working_dir="/tmp",
-        cap_drop=["ALL"],
-        security_opt=["no-new-privileges"],
-        mem_limit=f"{mb}m",
-        memswap_limit=f"{mb}m",
-        nano_cpus=int(cfg.cpus * 1e9),
-        pids_limit=cfg.pids,
-        ulimits=[
+    return {
+        "image": cfg.image,
+        "command": [*WORKER_CMD, *worker_args(cfg), "--max-procs", str(max_procs(cfg))],
+        "name": name,
+        "stdin_open": True,
+        "tty": False,
+        "detach": True,
+        "runtime": cfg.runtime,
+        "network_mode": "none",
+        "read_only": True,
+        "tmpfs": {"/tmp": f"rw,nosuid,nodev,noexec,size={cfg.tmpfs_mb}m,mode=1777"},
+        "user": "10001:10001",
+        "working_dir": "/tmp",
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "mem_limit": f"{mb}m",
+        "memswap_limit": f"{mb}m",
+        "nano_cpus": int(cfg.cpus * 1e9),
+        "pids_limit": cfg.pids,
+        "ulimits": [
             Ulimit(name="nofile", soft=cfg.nofile, hard=cfg.nofile),
             Ulimit(name="fsize", soft=cfg.fsize_mb * 2**20, hard=cfg.fsize_mb * 2**20),
         ],
         # The container's environment is the image's: nothing of the service's is passed.
-        environment={"HOME": "/tmp", "LANG": "C.UTF-8"},
-        hostname="sandbox",
-        labels={LABEL_MANAGED: "1", LABEL_INSTANCE: cfg.instance, LABEL_SESSION: session},
+        "environment": {"HOME": "/tmp", "LANG": "C.UTF-8"},
+        "hostname": "sandbox",
+        "labels": {LABEL_MANAGED: "1", LABEL_INSTANCE: cfg.instance, LABEL_SESSION: session},
         # Frames are not logs: the json-file driver would copy every byte to disk.
-        log_config={"type": "none"},
-        auto_remove=False,
-    )
+        "log_config": {"type": "none"},
+        "auto_remove": False,
+    }
 
 
 def max_procs(cfg: SandboxConfig) -> int:
@@ -138,11 +139,10 @@ class DockerProcess(SandboxProcess):
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
-            try:
+            proc = None
+            with contextlib.suppress(Exception):  # the start failed: nothing was left behind
                 proc = await task
-            except Exception:  # noqa: BLE001 - the start failed: nothing was left behind
-                pass
-            else:
+            if proc is not None:
                 await proc.close()
             raise
 
@@ -152,7 +152,9 @@ class DockerProcess(SandboxProcess):
         dc = client()
         container = None
         try:
-            container = await run_blocking(dc.containers.create, **container_spec(cfg, name, session))
+            container = await run_blocking(
+                dc.containers.create, **container_spec(cfg, name, session)
+            )
             raw = await run_blocking(
                 dc.api.attach_socket,
                 container.id,
@@ -167,7 +169,9 @@ class DockerProcess(SandboxProcess):
             ) from exc
         except docker.errors.APIError as exc:
             await _remove_quietly(container)
-            raise SandboxStartError(f"could not start a sandbox container: {exc.explanation or exc}") from exc
+            raise SandboxStartError(
+                f"could not start a sandbox container: {exc.explanation or exc}"
+            ) from exc
         except docker.errors.DockerException as exc:
             await _remove_quietly(container)
             raise SandboxUnavailable(f"Docker is not reachable: {exc}") from exc
@@ -206,17 +210,13 @@ class DockerProcess(SandboxProcess):
             raise EOFError("sandbox is gone") from exc
 
     async def interrupt(self) -> None:
-        try:
+        with contextlib.suppress(docker.errors.DockerException):  # gone: the reader reports it
             await run_blocking(self._container.kill, signal="SIGINT")
-        except docker.errors.DockerException:
-            pass  # already gone: the reader reports it
 
     async def kill(self) -> None:
         self._killed = True
-        try:
+        with contextlib.suppress(docker.errors.DockerException):
             await run_blocking(self._container.kill)
-        except docker.errors.DockerException:
-            pass
 
     async def exit_reason(self) -> str:
         try:

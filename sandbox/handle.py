@@ -70,7 +70,8 @@ class ExecResult:
             duration_ms=float(body.get("duration_ms") or 0.0),
             answer=body["answer"] if isinstance(body.get("answer"), str) else None,
             final=body["final"] if isinstance(body.get("final"), str) else None,
-            dropped_chars=int(body.get("stdout_dropped") or 0) + int(body.get("stderr_dropped") or 0),
+            dropped_chars=int(body.get("stdout_dropped") or 0)
+            + int(body.get("stderr_dropped") or 0),
         )
 
     def output(self) -> str:
@@ -165,7 +166,7 @@ class SandboxHandle:
             await self._lose(ProtocolViolation(f"the sandbox broke the protocol: {exc}"))
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - any reader failure ends this sandbox only
+        except Exception as exc:
             log.exception("sandbox reader failed")
             await self._lose(ProtocolViolation(f"sandbox channel failed: {exc!r}"))
 
@@ -189,9 +190,8 @@ class SandboxHandle:
             handler = self._handlers.get(frame.parent) if frame.parent is not None else None
             task = asyncio.create_task(self._serve_call(frame, handler))
             self._calls[frame.id] = (frame.parent, task)
-        elif frame.type == "hello":
-            if not self._hello.done():
-                self._hello.set_result(frame.body)
+        elif frame.type == "hello" and not self._hello.done():
+            self._hello.set_result(frame.body)
         # "state" frames only carry the busy flag, handled above.
 
     async def _serve_call(self, frame: proto.Frame, handler: CallHandler | None) -> None:
@@ -296,7 +296,9 @@ class SandboxHandle:
         await self._send(proto.Frame(ftype, rid, body=body, blob=blob))
         frame = await fut
         if frame.type == "error":
-            raise WorkerError(f"the sandbox could not {ftype}: {frame.body.get('name')}: {frame.body.get('message')}")
+            raise WorkerError(
+                f"the sandbox could not {ftype}: {frame.body.get('name')}: {frame.body.get('message')}"
+            )
         return frame.body
 
     async def exec(
@@ -368,7 +370,9 @@ class SandboxHandle:
                 kill=True,
             )
 
-    async def load(self, value: Any, ns: str = "root", names: tuple[str, ...] = ("context",)) -> dict[str, Any]:
+    async def load(
+        self, value: Any, ns: str = "root", names: tuple[str, ...] = ("context",)
+    ) -> dict[str, Any]:
         """Bind ``value`` (str, or anything JSON) to ``names`` in ``ns``, streamed in chunks.
 
         Returns the worker's description of the value (type, length, chars).
@@ -387,7 +391,13 @@ class SandboxHandle:
         waits = []
         for i, chunk in enumerate(chunks):
             final = i == len(chunks) - 1
-            body = {"load": lid, "ns": ns, "names": list(names), "encoding": encoding, "final": final}
+            body = {
+                "load": lid,
+                "ns": ns,
+                "names": list(names),
+                "encoding": encoding,
+                "final": final,
+            }
             waits.append(asyncio.ensure_future(self.request("load", body, bytes(chunk))))
             await asyncio.sleep(0)
         results = await asyncio.gather(*waits)
@@ -441,7 +451,7 @@ class SandboxHandle:
         await self._shutdown_tasks()
         try:
             await self.process.close()
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("closing sandbox %s failed", self.name)
 
     async def __aenter__(self) -> SandboxHandle:

@@ -160,7 +160,7 @@ class SandboxPool:
                 self.last_error = str(exc)
                 raise
             self.last_error = None
-            self.start_seconds = (self.start_seconds + [time.perf_counter() - t0])[-100:]
+            self.start_seconds = ([*self.start_seconds, time.perf_counter() - t0])[-100:]
             if self._closed:  # the pool shut down meanwhile: this sandbox has no owner
                 await handle.close()
                 raise SandboxUnavailable("the sandbox pool is shutting down")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -112,17 +113,13 @@ class LocalProcess(SandboxProcess):
             raise EOFError("worker is gone") from exc
 
     def _signal_group(self, sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
 
     async def interrupt(self) -> None:
         if self._proc.returncode is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 self._proc.send_signal(signal.SIGINT)
-            except ProcessLookupError:
-                pass
 
     async def kill(self) -> None:
         self._signal_group(signal.SIGKILL)

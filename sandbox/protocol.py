@@ -68,7 +68,7 @@ class Frame:
     ~20 ms at every sandbox start under gVisor.
     """
 
-    __slots__ = ("type", "id", "parent", "body", "blob", "busy")
+    __slots__ = ("blob", "body", "busy", "id", "parent", "type")
 
     def __init__(
         self,

@@ -252,7 +252,7 @@ class Worker:
             body = op(frame)
         except EOFError:
             raise
-        except BaseException as exc:  # noqa: BLE001 - reported to the host as a frame
+        except BaseException as exc:
             error = {"name": type(exc).__name__, "message": str(exc)[:2000]}
             self.send(proto.Frame("error", frame.id, body=error))
             if not isinstance(exc, Exception) or isinstance(exc, TimeoutError):
@@ -368,7 +368,9 @@ class Worker:
         items = [_text(p) for p in prompts]
         if not items:
             return []
-        return self._as_list(self._call("llm_batched", {"prompts": items, "model": model}), len(items))
+        return self._as_list(
+            self._call("llm_batched", {"prompts": items, "model": model}), len(items)
+        )
 
     def _handoff(self, context: Any) -> str | None:
         if context is None:
@@ -477,7 +479,11 @@ class Worker:
                 text = f"<str() failed: {type(exc).__name__}>"
             if not isinstance(text, str):
                 text = f"<str() returned {type(text).__name__}>"
-        return {"found": True, "text": text[: proto.MAX_JSON_BYTES // 8], "type": type(value).__name__}
+        return {
+            "found": True,
+            "text": text[: proto.MAX_JSON_BYTES // 8],
+            "type": type(value).__name__,
+        }
 
     def op_vars(self, frame: proto.Frame) -> dict[str, Any]:
         ns = self.namespaces.get(str(frame.body["ns"]), {})
@@ -663,7 +669,9 @@ def _capture_file() -> io.FileIO:
     for attempt in range(100):
         path = os.path.join(base, f".rlm-capture-{os.getpid()}-{attempt}")
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+            fd = os.open(
+                path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600
+            )
         except FileExistsError:
             continue
         os.unlink(path)
@@ -696,7 +704,9 @@ def main(argv: list[str] | None = None) -> int:
     os.dup2(cap_fd, 1)
     os.dup2(cap_fd, 2)
     sys.stdin = open(os.devnull)  # noqa: SIM115
-    sys.stdout = sys.stderr = io.TextIOWrapper(os.fdopen(1, "wb", closefd=False), write_through=True)
+    sys.stdout = sys.stderr = io.TextIOWrapper(
+        os.fdopen(1, "wb", closefd=False), write_through=True
+    )
     if memory_bytes > 0:
         import resource
 
@@ -713,7 +723,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     worker.send(
         proto.Frame(
-            "hello", 0, body={"python": sys.version.split()[0], "pid": os.getpid(), "uid": os.getuid()}
+            "hello",
+            0,
+            body={"python": sys.version.split()[0], "pid": os.getpid(), "uid": os.getuid()},
         )
     )
     try:

@@ -79,7 +79,9 @@ class RequestContext:
         finally:
             elapsed = time.perf_counter() - t0
             route = scope.get("route")
-            path = getattr(route, "path", None) or ("/ui" if scope["path"].startswith("/ui") else "other")
+            path = getattr(route, "path", None) or (
+                "/ui" if scope["path"].startswith("/ui") else "other"
+            )
             self.metrics.requests.labels(path, scope["method"], str(status)).inc()
             self.metrics.latency.labels(path, str(status)).observe(elapsed)
             if path not in ("/metrics", "/healthz", "/readyz"):
@@ -137,7 +139,9 @@ def create_app(settings: Settings) -> FastAPI:
         ),
     )
     admission = Admission(settings.rlm_max_running, settings.rlm_max_queued)
-    sessions = SessionStore(pool, max_sessions=settings.rlm_max_sessions, ttl_s=settings.rlm_session_ttl_s)
+    sessions = SessionStore(
+        pool, max_sessions=settings.rlm_max_sessions, ttl_s=settings.rlm_session_ttl_s
+    )
     chat = ChatService(settings, engine, pool, admission, metrics)
     metrics.bind_gauges(
         sessions=lambda: len(sessions), idle=lambda: pool.idle, busy=lambda: pool.in_use,
@@ -181,7 +185,9 @@ def create_app(settings: Settings) -> FastAPI:
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return error_response(BadRequest(f"{loc}: {first.get('msg', 'invalid request')}", param=loc or None))
+        return error_response(
+            BadRequest(f"{loc}: {first.get('msg', 'invalid request')}", param=loc or None)
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -196,7 +202,9 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unhandled error", exc_info=exc)
-        return error_response(ServiceError("internal error; see the service log for the request id"))
+        return error_response(
+            ServiceError("internal error; see the service log for the request id")
+        )
 
     from service.api import routes
 
@@ -207,4 +215,3 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(ui_routes.router)
     app.add_middleware(RequestContext, metrics=metrics)
     return app
-

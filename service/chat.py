@@ -147,7 +147,9 @@ class ChatService:
             # Name the container after its session so operators can find it (off the hot path).
             rename = getattr(session.sandbox.process, "rename", None)
             if rename is not None:
-                task = asyncio.get_running_loop().create_task(rename(f"rlm-{self.settings.rlm_instance}-{session.id}"[:128]))
+                task = asyncio.get_running_loop().create_task(
+                    rename(f"rlm-{self.settings.rlm_instance}-{session.id}"[:128])
+                )
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
         elif reset:
@@ -179,13 +181,18 @@ class ChatService:
             max_iterations=min(opts.max_iterations or s.rlm_max_iterations, s.rlm_max_iterations)
             if opts
             else s.rlm_max_iterations,
-            max_depth=min(s.rlm_max_depth if opts is None or opts.max_depth is None else opts.max_depth, s.rlm_max_depth),
+            max_depth=min(
+                s.rlm_max_depth if opts is None or opts.max_depth is None else opts.max_depth,
+                s.rlm_max_depth,
+            ),
             max_sub_calls=s.rlm_max_sub_calls,
             max_total_tokens=s.rlm_max_total_tokens,
             deadline=time.monotonic() + s.rlm_request_timeout_s,
         )
         writer = (
-            TrajectoryWriter(s.rlm_trajectory_dir, record.id, self.redact) if s.rlm_trajectory_dir else None
+            TrajectoryWriter(s.rlm_trajectory_dir, record.id, self.redact)
+            if s.rlm_trajectory_dir
+            else None
         )
 
         def emit(ev: dict[str, Any]) -> None:
@@ -213,7 +220,11 @@ class ChatService:
             raise
         finally:
             u = budget.usage
-            record.usage = {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.total_tokens}
+            record.usage = {
+                "prompt_tokens": u.prompt_tokens,
+                "completion_tokens": u.completion_tokens,
+                "total_tokens": u.total_tokens,
+            }
             record.sub_calls = budget.sub_calls
             self.metrics.upstream_calls.labels("all").inc(u.calls)
             self.metrics.tokens.labels("prompt").inc(u.prompt_tokens)
@@ -244,5 +255,9 @@ class ChatService:
 
 def sse(data: dict[str, Any] | str) -> bytes:
     """One Server-Sent Event ``data:`` line."""
-    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    payload = (
+        data
+        if isinstance(data, str)
+        else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    )
     return f"data: {payload}\n\n".encode()

@@ -69,14 +69,24 @@ class Settings(BaseSettings):
     rlm_session_ttl_s: float = Field(3600.0, gt=0)
     rlm_shutdown_grace_s: float = Field(30.0, ge=0)
 
-    @field_validator("openai_api_key", "openai_base_url", "rlm_trajectory_dir", "rlm_max_total_tokens", mode="before")
+    @field_validator(
+        "openai_api_key",
+        "openai_base_url",
+        "rlm_trajectory_dir",
+        "rlm_max_total_tokens",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, v: object) -> object:
         return None if v == "" else v
 
     @model_validator(mode="after")
     def _refuse_open_service(self) -> Settings:
-        if not self.api_keys and not self.rlm_allow_unauthenticated and not _is_loopback(self.rlm_host):
+        if (
+            not self.api_keys
+            and not self.rlm_allow_unauthenticated
+            and not _is_loopback(self.rlm_host)
+        ):
             raise ValueError(
                 f"refusing to serve on {self.rlm_host} without authentication: set RLM_API_KEYS, "
                 "or RLM_ALLOW_UNAUTHENTICATED=true if something in front of the service checks callers"

@@ -24,7 +24,9 @@ def _show(ev: dict, width: int = 100) -> None:
     kind = ev["event"]
     pad = "  " * int(ev.get("depth", 0) or 0)
     if kind == "run_start":
-        print(f"{pad}▶ run {ev['run']} (depth {ev['depth']}, model {ev['model']}): context {ev['context']}")
+        print(
+            f"{pad}▶ run {ev['run']} (depth {ev['depth']}, model {ev['model']}): context {ev['context']}"
+        )
     elif kind == "iteration":
         print(f"{pad}● iteration {ev['iteration'] + 1} ({ev['ms']} ms, {ev['usage']})")
         print(textwrap.indent(ev["response"].strip(), pad + "  │ "))
@@ -72,7 +74,9 @@ def main() -> int:
             for ev in (resp.model_extra or {})["rlm"]["trajectory"]:
                 _show(ev)
             answer = resp.choices[0].message.content
-            print(f"\nAnswer: {answer}   (expected {magic}; {elapsed * 1000:.0f} ms; usage {resp.usage})")
+            print(
+                f"\nAnswer: {answer}   (expected {magic}; {elapsed * 1000:.0f} ms; usage {resp.usage})"
+            )
             return 0 if answer == str(magic) else 1
         finally:
             server.stop()

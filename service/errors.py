@@ -45,7 +45,14 @@ class ServiceError(Exception):
         self.code_ran = code_ran
 
     def to_envelope(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
 
 
 class BadRequest(ServiceError):

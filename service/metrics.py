@@ -6,13 +6,33 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+    600,
+    1800,
+)
 
 
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.requests = Counter("rlm_http_requests_total", "HTTP requests", ["route", "method", "status"], registry=r)
+        self.requests = Counter(
+            "rlm_http_requests_total", "HTTP requests", ["route", "method", "status"], registry=r
+        )
         self.latency = Histogram(
             "rlm_http_request_duration_seconds", "HTTP request latency", ["route", "status"],
             buckets=LATENCY_BUCKETS, registry=r,
@@ -21,13 +41,22 @@ class Metrics:
         self.sandboxes = Gauge("rlm_sandboxes", "Sandboxes by state", ["state"], registry=r)
         self.queue_depth = Gauge("rlm_queue_depth", "Requests waiting for a run slot", registry=r)
         self.running = Gauge("rlm_requests_running", "RLM requests running", registry=r)
-        self.upstream_calls = Counter("rlm_upstream_calls_total", "Upstream model calls", ["kind"], registry=r)
+        self.upstream_calls = Counter(
+            "rlm_upstream_calls_total", "Upstream model calls", ["kind"], registry=r
+        )
         self.tokens = Counter("rlm_tokens_total", "Upstream tokens", ["kind"], registry=r)
         self.errors = Counter("rlm_errors_total", "Errors returned, by type", ["type"], registry=r)
-        self.sandbox_faults = Counter("rlm_sandbox_faults_total", "Sandbox faults by kind", ["kind"], registry=r)
-        self.runs = Counter("rlm_runs_total", "Finished RLM runs by how they ended", ["how"], registry=r)
+        self.sandbox_faults = Counter(
+            "rlm_sandbox_faults_total", "Sandbox faults by kind", ["kind"], registry=r
+        )
+        self.runs = Counter(
+            "rlm_runs_total", "Finished RLM runs by how they ended", ["how"], registry=r
+        )
         self.iterations = Histogram(
-            "rlm_iterations", "Root iterations per request", buckets=(1, 2, 3, 5, 8, 13, 20, 50, 100), registry=r
+            "rlm_iterations",
+            "Root iterations per request",
+            buckets=(1, 2, 3, 5, 8, 13, 20, 50, 100),
+            registry=r,
         )
         self.sandbox_start = Histogram(
             "rlm_sandbox_start_seconds", "Sandbox start time",

@@ -155,7 +155,9 @@ class SessionStore:
         """The caller's session, or 404 (also when it belongs to another key)."""
         session = self._sessions.get(session_id)
         if session is None or session.owner != owner:
-            raise NotFound(f"no session {session_id!r}", param="session_id", code="session_not_found")
+            raise NotFound(
+                f"no session {session_id!r}", param="session_id", code="session_not_found"
+            )
         return session
 
     def list(self, owner: str) -> list[Session]:
@@ -196,7 +198,9 @@ class SessionStore:
     async def close_all(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
-        await asyncio.gather(*(self.close(sid) for sid in list(self._sessions)), return_exceptions=True)
+        await asyncio.gather(
+            *(self.close(sid) for sid in list(self._sessions)), return_exceptions=True
+        )
 
     async def _reap_loop(self) -> None:
         while True:
@@ -204,7 +208,11 @@ class SessionStore:
             now = time.monotonic()
             for sid, session in list(self._sessions.items()):
                 if not session.busy and now - session.last_used > self.ttl_s:
-                    log.info("closing session %s idle for %.0fs (RLM_SESSION_TTL_S)", sid, now - session.last_used)
+                    log.info(
+                        "closing session %s idle for %.0fs (RLM_SESSION_TTL_S)",
+                        sid,
+                        now - session.last_used,
+                    )
                     await self.close(sid)
 
 

@@ -46,7 +46,7 @@ def render_user_data(settings: BootSettings) -> str:
     """The bash script for cloud-init; idempotent, so running it again is harmless."""
     env = {
         # Off loopback: the ALB reaches the service on the host's private address.
-        "RLM_HOST": "0.0.0.0",
+        "RLM_HOST": "0.0.0.0",  # noqa: S104 - behind the ALB's security group
         "RLM_PORT": str(settings.port),
         "RLM_REQUEST_TIMEOUT_S": str(settings.request_timeout_s),
         "OPENAI_BASE_URL": settings.openai_base_url,

@@ -381,7 +381,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Deps], int]] = {
     "create": create,
     "conn": conn,
     "list": list_,
-    **{name: transition for name in TRANSITIONS},
+    **dict.fromkeys(TRANSITIONS, transition),
 }
 
 

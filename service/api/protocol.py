@@ -97,8 +97,8 @@ def chunk_body(
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "choices": [] if delta is None else [
-            {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-        ],
+        "choices": []
+        if delta is None
+        else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
         "usage": usage,
     }

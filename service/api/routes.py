@@ -57,7 +57,9 @@ def caller(request: Request) -> str:
         for key in keys:
             ok |= hmac.compare_digest(token.encode(), key.encode())
     if not ok:
-        raise Unauthorized("a valid API key is required: Authorization: Bearer <key> (RLM_API_KEYS)")
+        raise Unauthorized(
+            "a valid API key is required: Authorization: Bearer <key> (RLM_API_KEYS)"
+        )
     return owner_of(token)
 
 
@@ -71,7 +73,9 @@ def _sessions(request: Request) -> SessionStore:
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds {limit} (RLM_MAX_BODY_BYTES)")
+        raise PayloadTooLarge(
+            f"request body of {declared} bytes exceeds {limit} (RLM_MAX_BODY_BYTES)"
+        )
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -147,7 +151,9 @@ async def chat_completions(request: Request, owner: Caller) -> Response:
         raise ShuttingDown("the service is shutting down; retry on another instance", retry_after=5)
     req = _parse(await _read_body(request, settings.rlm_max_body_bytes))
     chat.check_model(req.model)
-    reset = request.headers.get(RESET_HEADER, "").lower() in ("1", "true", "yes") or bool(req.rlm and req.rlm.reset)
+    reset = request.headers.get(RESET_HEADER, "").lower() in ("1", "true", "yes") or bool(
+        req.rlm and req.rlm.reset
+    )
     session = await _sessions(request).open(_session_id(request), owner)
     request.scope["state"]["session_id"] = session.id
     rid = request.scope["state"]["request_id"]
@@ -156,7 +162,9 @@ async def chat_completions(request: Request, owner: Caller) -> Response:
     if req.stream:
         admission = app.state.admission
         if admission.running >= admission.max_running and admission.queued >= admission.max_queued:
-            raise Overloaded("the service is at capacity (RLM_MAX_RUNNING / RLM_MAX_QUEUED)", retry_after=2)
+            raise Overloaded(
+                "the service is at capacity (RLM_MAX_RUNNING / RLM_MAX_QUEUED)", retry_after=2
+            )
         response = StreamingResponse(
             _stream(app, req, session, reset, rid, completion_id),
             media_type="text/event-stream",
@@ -209,7 +217,9 @@ async def _stream(
             return
         text = result.answer
         for i in range(0, len(text), STREAM_PIECE_CHARS):
-            yield sse(chunk_body(cid, req.model, created, {"content": text[i : i + STREAM_PIECE_CHARS]}))
+            yield sse(
+                chunk_body(cid, req.model, created, {"content": text[i : i + STREAM_PIECE_CHARS]})
+            )
         last = chunk_body(cid, req.model, created, {}, finish_reason=result.finish_reason)
         last["rlm"] = result.rlm
         yield sse(last)
@@ -288,16 +298,22 @@ async def get_run(session_id: str, run_id: str, request: Request, owner: Caller)
     for run in session.runs:
         if run.id == run_id:
             return {**run.summary(), "events": run.events}
-    raise NotFound(f"no run {run_id!r} in session {session_id}", param="run_id", code="run_not_found")
+    raise NotFound(
+        f"no run {run_id!r} in session {session_id}", param="run_id", code="run_not_found"
+    )
 
 
 @router.get("/v1/sessions/{session_id}/runs/{run_id}/events")
-async def run_events(session_id: str, run_id: str, request: Request, owner: Caller) -> StreamingResponse:
+async def run_events(
+    session_id: str, run_id: str, request: Request, owner: Caller
+) -> StreamingResponse:
     """Server-Sent Events of a run: everything so far, then live events until it ends."""
     session = _sessions(request).get(session_id, owner)
     run = next((r for r in session.runs if r.id == run_id), None)
     if run is None:
-        raise NotFound(f"no run {run_id!r} in session {session_id}", param="run_id", code="run_not_found")
+        raise NotFound(
+            f"no run {run_id!r} in session {session_id}", param="run_id", code="run_not_found"
+        )
     queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(maxsize=10_000)
     past = list(run.events)
     if run.status == "running":
@@ -320,7 +336,9 @@ async def run_events(session_id: str, run_id: str, request: Request, owner: Call
         finally:
             run.listeners.discard(queue)
 
-    return StreamingResponse(gen(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+    return StreamingResponse(
+        gen(), media_type="text/event-stream", headers={"cache-control": "no-cache"}
+    )
 
 
 @router.get("/healthz")
@@ -354,4 +372,6 @@ async def readyz(request: Request) -> JSONResponse:
 
 @router.get("/metrics")
 async def metrics(request: Request) -> PlainTextResponse:
-    return PlainTextResponse(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return PlainTextResponse(
+        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )

@@ -68,8 +68,7 @@ class Budget:
         if self.sub_calls + n > self.max_sub_calls:
             self._spend(
                 "max_sub_calls",
-                f"this request may make at most {self.max_sub_calls} sub-calls "
-                "(RLM_MAX_SUB_CALLS)",
+                f"this request may make at most {self.max_sub_calls} sub-calls (RLM_MAX_SUB_CALLS)",
             )
         self.sub_calls += n
 

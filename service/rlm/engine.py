@@ -130,7 +130,11 @@ class RLMEngine:
             for b, code in enumerate(blocks):
                 run.block = b
                 result = await sandbox.exec(
-                    code, ns, on_call=handler, timeout_s=self.cfg.exec_timeout_s, fresh_answer=not run.executed
+                    code,
+                    ns,
+                    on_call=handler,
+                    timeout_s=self.cfg.exec_timeout_s,
+                    fresh_answer=not run.executed,
                 )
                 run.executed = True
                 feedback.append(self._format_output(b, len(blocks), result))
@@ -180,7 +184,9 @@ class RLMEngine:
             "stopped_by": stopped_by, "iterations": iterations,
             "ms": round((time.perf_counter() - t_run) * 1000, 1),
         })  # fmt: skip
-        return RunResult(answer=answer, iterations=iterations, how=how, stopped_by=stopped_by, run_id=run.id)
+        return RunResult(
+            answer=answer, iterations=iterations, how=how, stopped_by=stopped_by, run_id=run.id
+        )
 
     async def _force_final(
         self, run: _Run, model: str, messages: list[dict[str, str]]
@@ -211,7 +217,9 @@ class RLMEngine:
         limit = self.cfg.output_max_chars
         text = result.output() or "(no output)"
         if len(text) > limit:
-            text = text[:limit] + f"\n[... {len(text) - limit} characters cut: print less at a time]"
+            text = (
+                text[:limit] + f"\n[... {len(text) - limit} characters cut: print less at a time]"
+            )
         head = f"REPL output (block {index + 1} of {total}):" if total > 1 else "REPL output:"
         if result.changed:
             names = ", ".join(f"{c['name']} ({c['type']})" for c in result.changed[:30])
@@ -323,7 +331,7 @@ def _safe(emit: EventSink) -> EventSink:
         ev.setdefault("t", time.time())
         try:
             emit(ev)
-        except Exception:  # noqa: BLE001 - a broken listener must not break the run
+        except Exception:
             log.exception("trajectory listener failed")
 
     return wrapped

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 _FENCE = re.compile(r"^[ \t]*```[ \t]*repl[ \t]*\n(.*?)^[ \t]*```[ \t]*$", re.DOTALL | re.MULTILINE)
 _OPEN_FENCE = re.compile(r"^[ \t]*```[ \t]*repl[ \t]*$", re.MULTILINE)
 _ANY_FENCE = re.compile(r"^[ \t]*```[^\n]*\n.*?^[ \t]*```[ \t]*$", re.DOTALL | re.MULTILINE)
-_FINAL_VAR = re.compile(r"^[ \t]*FINAL_VAR\(\s*['\"]?([A-Za-z_][A-Za-z0-9_]*)['\"]?\s*\)", re.MULTILINE)
+_FINAL_VAR = re.compile(
+    r"^[ \t]*FINAL_VAR\(\s*['\"]?([A-Za-z_][A-Za-z0-9_]*)['\"]?\s*\)", re.MULTILINE
+)
 _FINAL = re.compile(r"^[ \t]*FINAL\(", re.MULTILINE)
 
 

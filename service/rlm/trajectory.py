@@ -78,7 +78,9 @@ class TrajectoryWriter:
         if kind == "iteration" and ev.get("forced"):
             # The forced final answer's call: recorded on the last iteration it closes.
             if self._iterations:
-                self._iterations[max(self._iterations)]["forced_final_response"] = ev.get("response", "")
+                self._iterations[max(self._iterations)]["forced_final_response"] = ev.get(
+                    "response", ""
+                )
         elif kind == "iteration":
             self._iterations[ev["iteration"]] = {
                 "type": "iteration",
@@ -125,7 +127,10 @@ class TrajectoryWriter:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             lines = [self._meta] + [self._iterations[k] for k in sorted(self._iterations)]
-            text = "".join(self._redact(json.dumps(line, ensure_ascii=False, default=str)) + "\n" for line in lines)
+            text = "".join(
+                self._redact(json.dumps(line, ensure_ascii=False, default=str)) + "\n"
+                for line in lines
+            )
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text(text, encoding="utf-8")
             os.replace(tmp, self.path)

@@ -74,9 +74,13 @@ def base_ami(clients: Clients) -> str:
 
 
 def config(repo: Path, clients: Clients, **overrides) -> BakeConfig:
-    values = dict(
-        arch="arm64", bucket=BUCKET, repo_dir=repo, base_ami=base_ami(clients), timeouts=FAST
-    )
+    values = {
+        "arch": "arm64",
+        "bucket": BUCKET,
+        "repo_dir": repo,
+        "base_ami": base_ami(clients),
+        "timeouts": FAST,
+    }
     values.update(overrides)
     return BakeConfig(**values)
 
@@ -327,7 +331,8 @@ def test_waiter_budget_is_an_hour_at_fifteen_seconds():
 
 def test_pack_repo_leaves_out_env_venv_and_git(repo):
     tarball, commit = bake.pack_repo(repo)
-    names = tarfile.open(fileobj=io.BytesIO(tarball)).getnames()
+    with tarfile.open(fileobj=io.BytesIO(tarball)) as tar:
+        names = tar.getnames()
     assert names == ["ami/playbook.yml"]
     assert commit is None
 
@@ -341,7 +346,8 @@ def test_pack_repo_ships_the_committed_tree_of_a_checkout(repo):
     (repo / "untracked.txt").write_text("not committed")
 
     tarball, commit = bake.pack_repo(repo)
-    names = set(tarfile.open(fileobj=io.BytesIO(tarball)).getnames())
+    with tarfile.open(fileobj=io.BytesIO(tarball)) as tar:
+        names = set(tar.getnames())
     assert "ami/playbook.yml" in names
     assert ".env" not in names and "untracked.txt" not in names
     assert commit and len(commit) == 40

@@ -60,7 +60,7 @@ def test_syntax_check():
 def test_each_tag_selects_its_role(tag):
     result = playbook("--list-tasks", "--tags", tag)
     assert result.returncode == 0, result.stdout + result.stderr
-    roles = set(re.findall(r"^\s+(\w+) : ", result.stdout, re.M))
+    roles = set(re.findall(r"^\s+(\w+) : ", result.stdout, re.MULTILINE))
     assert roles == {tag}, result.stdout
 
 

@@ -7,7 +7,7 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import boto3
 import pytest
@@ -70,17 +70,19 @@ class World:
         return CALLER
 
     def deps(self, **overrides: Any) -> Deps:
-        values: dict[str, Any] = dict(
-            session=self.session,
-            ami_lookup=lambda get, arch: resolve_ami(lambda n: self.public.get(n) or get(n), arch),
-            caller_ip=self.caller_ip,
-            run=self.run,
-            prompt=lambda question, secret: pytest.fail(f"unexpected prompt {question}"),
-            interactive=lambda: False,
-            repo_root=self.repo,
-            env=self.env,
-            timing=Timing(sleep=self.slept.append, waiter_delay_s=0, waiter_max_attempts=5),
-        )
+        values: dict[str, Any] = {
+            "session": self.session,
+            "ami_lookup": lambda get, arch: resolve_ami(
+                lambda n: self.public.get(n) or get(n), arch
+            ),
+            "caller_ip": self.caller_ip,
+            "run": self.run,
+            "prompt": lambda question, secret: pytest.fail(f"unexpected prompt {question}"),
+            "interactive": lambda: False,
+            "repo_root": self.repo,
+            "env": self.env,
+            "timing": Timing(sleep=self.slept.append, waiter_delay_s=0, waiter_max_attempts=5),
+        }
         values.update(overrides)
         return Deps(**values)
 
@@ -367,7 +369,7 @@ def test_create_retries_eventual_not_found_with_the_same_client_token(ready: Wor
 
     class Http:
         status_code = 400
-        headers: dict[str, str] = {}
+        headers: ClassVar[dict[str, str]] = {}
 
     def flaky(**_: Any) -> Any:
         if failures:

@@ -33,7 +33,7 @@ def keys_read(monkeypatch: pytest.MonkeyPatch, config: dict | None = None) -> se
 
 
 def test_the_example_documents_exactly_the_keys_the_program_reads(monkeypatch):
-    documented = set(re.findall(rf"^\s*#?\s*{PROJECT}:(\w+):", EXAMPLE.read_text(), re.M))
+    documented = set(re.findall(rf"^\s*#?\s*{PROJECT}:(\w+):", EXAMPLE.read_text(), re.MULTILINE))
     read = keys_read(monkeypatch) | keys_read(monkeypatch, {"fleetMode": "perArch"})
     assert documented == read
 

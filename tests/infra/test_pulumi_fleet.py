@@ -188,8 +188,10 @@ def test_hosts_may_read_only_the_services_own_parameters():
     for policy in plan.of_type(ROLE_POLICY):
         for statement in json.loads(policy.inputs["policy"])["Statement"]:
             actions = statement["Action"]
-            for action in [actions] if isinstance(actions, str) else actions:
-                grants.append((action, statement["Resource"]))
+            grants.extend(
+                (action, statement["Resource"])
+                for action in ([actions] if isinstance(actions, str) else actions)
+            )
     reads = [resource for action, resource in grants if action.startswith("ssm:GetParameter")]
     assert reads == [parameter_arns, parameter_arns]
     assert ("ssmmessages:OpenDataChannel", "*") in grants  # Session Manager

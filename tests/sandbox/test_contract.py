@@ -26,7 +26,9 @@ async def test_image_runs_this_checkouts_worker(docker_sandbox: SandboxHandle) -
     assert r.stdout.strip().strip("'") == want, "rlm-sandbox image is stale: run `make image`"
 
 
-async def test_hello_reports_an_unprivileged_worker(sandbox: SandboxHandle, cfg: SandboxConfig) -> None:
+async def test_hello_reports_an_unprivileged_worker(
+    sandbox: SandboxHandle, cfg: SandboxConfig
+) -> None:
     assert sandbox.info["python"].startswith("3.")
     if cfg.backend == "docker":
         assert sandbox.info["uid"] == 10001
@@ -61,7 +63,9 @@ async def test_stdout_stderr_and_traceback(sandbox: SandboxHandle) -> None:
 
 
 async def test_output_written_to_the_raw_fds_is_captured(sandbox: SandboxHandle) -> None:
-    r = await sandbox.exec("import os\nos.write(1, b'raw one\\n')\nos.write(2, b'raw two\\n')\nNone")
+    r = await sandbox.exec(
+        "import os\nos.write(1, b'raw one\\n')\nos.write(2, b'raw two\\n')\nNone"
+    )
     assert r.error is None
     assert "raw one\n" in r.stdout and "raw two\n" in r.stdout
     r = await sandbox.exec("print('next')")
@@ -94,7 +98,9 @@ async def test_soft_timeout_keeps_the_namespace(sandbox: SandboxHandle) -> None:
 
 
 async def test_output_cap_note(sandbox: SandboxHandle) -> None:
-    r = await sandbox.exec("print('x' * 5000)\nimport sys\nprint('e' * 3000, file=sys.stderr)", output_cap=1000)
+    r = await sandbox.exec(
+        "print('x' * 5000)\nimport sys\nprint('e' * 3000, file=sys.stderr)", output_cap=1000
+    )
     assert r.error is None
     assert r.stdout == "x" * 1000
     assert r.dropped_chars == (5001 - 1000) + (3001 - 1000)
@@ -144,7 +150,9 @@ async def test_namespaces_are_isolated_but_share_state(sandbox: SandboxHandle) -
     await sandbox.exec("secret = 1\nstate_set('k', 'from root')")
     info = await sandbox.new_namespace("child", context="child ctx")
     assert info["type"] == "str"
-    r = await sandbox.exec("print(state_get('k'), 'secret' in globals(), context)\nstate['k2'] = 2", "child")
+    r = await sandbox.exec(
+        "print(state_get('k'), 'secret' in globals(), context)\nstate['k2'] = 2", "child"
+    )
     assert (r.stdout, r.error) == ("from root False child ctx\n", None)
     r = await sandbox.exec("print(sorted(state_keys()), 'context' in globals())")
     assert r.stdout == "['k', 'k2'] False\n"
@@ -166,11 +174,14 @@ async def test_reset(sandbox: SandboxHandle) -> None:
 
 
 @pytest.mark.parametrize(
-    "value,check",
+    ("value", "check"),
     [
         ("short context", "context == 'short context'"),
         (["a", "bb", {"n": 1}], "context == ['a', 'bb', {'n': 1}]"),
-        ({"doc": "x" * 10, "ids": [1, 2]}, "context['ids'] == [1, 2] and len(context['doc']) == 10"),
+        (
+            {"doc": "x" * 10, "ids": [1, 2]},
+            "context['ids'] == [1, 2] and len(context['doc']) == 10",
+        ),
         ("", "context == ''"),
     ],
 )
@@ -212,6 +223,7 @@ def make_handler(handle: SandboxHandle, log: list[tuple[str, Any]]) -> Any:
         if kind == "llm":
             return f"answer to {body['prompt']}"
         if kind == "llm_batched":
+
             async def one(i: int, p: str) -> str:
                 await asyncio.sleep(random.random() * 0.05)  # finish out of order
                 return f"{i}:{p.upper()}"
@@ -257,14 +269,17 @@ async def test_rlm_query_depth_two(sandbox: SandboxHandle) -> None:
     log: list[tuple[str, Any]] = []
     await sandbox.exec("before = 'root var'")
     r = await sandbox.exec(
-        "out = rlm_query('go', context='xyz')\nprint(out, before)", on_call=make_handler(sandbox, log)
+        "out = rlm_query('go', context='xyz')\nprint(out, before)",
+        on_call=make_handler(sandbox, log),
     )
     assert r.error is None, r.stderr
     # depth 1 sees 'xyz', opens depth 2 on 'yz', which opens depth 3 on 'z'
     assert r.stdout == "x>y>[z]|answer to leaf|answer to leaf root var\n"
     assert [k for k, _ in log] == ["rlm", "rlm", "rlm", "llm", "llm"]
     # the root namespace is untouched by the children and usable
-    r = await sandbox.exec("sorted(k for k in globals() if not k.startswith('_') and k in ('out', 'before', 'inner'))")
+    r = await sandbox.exec(
+        "sorted(k for k in globals() if not k.startswith('_') and k in ('out', 'before', 'inner'))"
+    )
     assert r.stdout == "['before', 'out']\n"
 
 
@@ -285,7 +300,8 @@ async def test_rlm_query_batched(sandbox: SandboxHandle) -> None:
         return await make_handler(sandbox, log)(kind, body)
 
     r = await sandbox.exec(
-        "rlm_query_batched(['q0', ('q1', [1, 2]), {'query': 'q2', 'context': 'c'}])", on_call=handler
+        "rlm_query_batched(['q0', ('q1', [1, 2]), {'query': 'q2', 'context': 'c'}])",
+        on_call=handler,
     )
     assert r.error is None, r.stderr
     assert r.stdout == repr(["q0=None", "q1=[1, 2]", "q2='c'"]) + "\n"
@@ -334,7 +350,9 @@ async def test_cancel_while_waiting_on_a_call(sandbox: SandboxHandle) -> None:
         started.set()
         await asyncio.sleep(3600)
 
-    task = asyncio.create_task(sandbox.exec("r = llm_query('slow')\nstate_set('after', r)", on_call=slow))
+    task = asyncio.create_task(
+        sandbox.exec("r = llm_query('slow')\nstate_set('after', r)", on_call=slow)
+    )
     await asyncio.wait_for(started.wait(), 5)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

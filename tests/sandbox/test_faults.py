@@ -37,11 +37,15 @@ async def test_busy_loop_hits_the_soft_timeout(box: SandboxHandle) -> None:
     assert box.state is SandboxState.READY
 
 
-async def test_stuck_in_c_is_killed_at_the_hard_deadline(box: SandboxHandle, docker_cfg: SandboxConfig) -> None:
+async def test_stuck_in_c_is_killed_at_the_hard_deadline(
+    box: SandboxHandle, docker_cfg: SandboxConfig
+) -> None:
     await box.exec("kept = 1")
     t0 = time.monotonic()
     with pytest.raises(HardTimeout, match="hard deadline of 5s"):
-        await box.exec("import collections, itertools\ncollections.deque(itertools.count(), maxlen=0)")
+        await box.exec(
+            "import collections, itertools\ncollections.deque(itertools.count(), maxlen=0)"
+        )
     elapsed = time.monotonic() - t0
     assert docker_cfg.hard_timeout_s <= elapsed < docker_cfg.hard_timeout_s + 3
     assert box.state is SandboxState.LOST
@@ -65,10 +69,13 @@ async def test_swallowed_timeouts_are_killed(box: SandboxHandle) -> None:
 
 
 async def test_memory_bomb(box: SandboxHandle) -> None:
+    lost: SandboxLost | None = None
     try:
         r = await box.exec("blocks = []\nwhile True:\n    blocks.append(bytearray(16 * 2**20))")
     except (MemoryLimit, SandboxLost) as exc:
-        assert "memory" in str(exc) or "killed" in str(exc), exc
+        lost = exc
+    if lost is not None:  # gVisor's OOM kills the whole sandbox
+        assert "memory" in str(lost) or "killed" in str(lost), lost
         assert box.state is SandboxState.LOST
         return
     assert r.error is not None and r.error["type"] == "MemoryError", r

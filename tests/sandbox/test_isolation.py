@@ -19,7 +19,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-async def box(docker_cfg: SandboxConfig, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[SandboxHandle]:
+async def box(
+    docker_cfg: SandboxConfig, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[SandboxHandle]:
     # The service process holds secrets in its environment; none may cross into the sandbox.
     monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
     monkeypatch.setenv("RLM_API_KEYS", "client-secret-key")
@@ -102,7 +104,12 @@ async def test_only_loopback_interface_and_no_dns(box: SandboxHandle) -> None:
 
 
 async def test_root_filesystem_is_read_only(box: SandboxHandle) -> None:
-    for path in ("/usr/evil", "/usr/lib/python3/dist-packages/evil.py", "/opt/rlm/sandbox/worker.py", "/etc/passwd"):
+    for path in (
+        "/usr/evil",
+        "/usr/lib/python3/dist-packages/evil.py",
+        "/opt/rlm/sandbox/worker.py",
+        "/etc/passwd",
+    ):
         out = await run(
             box,
             "try:\n"
@@ -121,7 +128,10 @@ async def test_unprivileged_and_no_capabilities(box: SandboxHandle) -> None:
     uid, euid, gid, *_ = out.split(maxsplit=3)
     assert (uid, euid, gid) == ("10001", "10001", "10001")
     status = await run(box, "print(open('/proc/self/status').read())")
-    caps = {k: v.strip() for k, v in (line.split(":", 1) for line in status.splitlines() if line.startswith("Cap"))}
+    caps = {
+        k: v.strip()
+        for k, v in (line.split(":", 1) for line in status.splitlines() if line.startswith("Cap"))
+    }
     for name in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
         assert int(caps.get(name, "0"), 16) == 0, (name, caps)
     assert "NoNewPrivs:\t1" in status or "NoNewPrivs: 1" in status or "NoNewPrivs" not in status

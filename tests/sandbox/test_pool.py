@@ -19,7 +19,9 @@ from .conftest import assert_no_leak, containers
 async def _wait_idle(pool: SandboxPool, n: int, within_s: float = 20) -> None:
     deadline = time.monotonic() + within_s
     while pool.idle < n:
-        assert time.monotonic() < deadline, f"pool has {pool.idle} idle sandboxes, wanted {n}: {pool.last_error}"
+        assert time.monotonic() < deadline, (
+            f"pool has {pool.idle} idle sandboxes, wanted {n}: {pool.last_error}"
+        )
         await asyncio.sleep(0.05)
 
 
@@ -86,18 +88,22 @@ async def test_reaper_removes_leftovers_of_this_instance_only(docker_cfg: Sandbo
 
 
 async def test_unknown_backend_is_unavailable(docker_cfg: SandboxConfig) -> None:
-    with pytest.raises(SandboxUnavailable, match="unknown sandbox backend 'firecracker'.*RLM_SANDBOX"):
+    with pytest.raises(
+        SandboxUnavailable, match=r"unknown sandbox backend 'firecracker'.*RLM_SANDBOX"
+    ):
         await launch(dataclasses.replace(docker_cfg, backend="firecracker"))
 
 
 async def test_missing_image_is_a_start_error_and_leaks_nothing(docker_cfg: SandboxConfig) -> None:
     cfg = dataclasses.replace(docker_cfg, image="rlm-sandbox:does-not-exist")
-    with pytest.raises(SandboxStartError, match="not found.*make image.*RLM_SANDBOX_IMAGE"):
+    with pytest.raises(SandboxStartError, match=r"not found.*make image.*RLM_SANDBOX_IMAGE"):
         await launch(cfg)
     await assert_no_leak([])
 
 
-async def test_unknown_runtime_is_a_start_error_and_leaks_nothing(docker_cfg: SandboxConfig) -> None:
+async def test_unknown_runtime_is_a_start_error_and_leaks_nothing(
+    docker_cfg: SandboxConfig,
+) -> None:
     cfg = dataclasses.replace(docker_cfg, runtime="no-such-runtime")
     with pytest.raises(SandboxStartError, match="could not start"):
         await launch(cfg)

@@ -62,7 +62,7 @@ def _raw(env: object) -> tuple[bytes, bytes]:
 
 
 @pytest.mark.parametrize(
-    "header,payload",
+    ("header", "payload"),
     [
         (proto.HEADER.pack(5, 0), b"\xff\xfe{}!"),  # not UTF-8 JSON
         (proto.HEADER.pack(4, 0), b"garb"),  # not JSON

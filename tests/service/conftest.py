@@ -20,7 +20,9 @@ from service.rlm.upstream import Upstream
 class Router:
     """Root-loop calls go to ``root``; sub-calls (llm_query, child runs' calls) to ``sub``."""
 
-    def __init__(self, root: Any, sub: Callable[[dict[str, Any]], str | Reply] | None = None) -> None:
+    def __init__(
+        self, root: Any, sub: Callable[[dict[str, Any]], str | Reply] | None = None
+    ) -> None:
         self.root = root if callable(root) else Script(root)
         self.sub = sub or (lambda body: "sub:" + body["messages"][-1]["content"][:40])
 
@@ -47,14 +49,18 @@ def up(upstream: ScriptedUpstream) -> Iterator[ScriptedUpstream]:
 
 @pytest.fixture
 async def client_upstream(up: ScriptedUpstream) -> AsyncIterator[Upstream]:
-    u = Upstream(api_key="sk-test-upstream", base_url=up.base_url, timeout_s=30, retries=2, concurrency=32)
+    u = Upstream(
+        api_key="sk-test-upstream", base_url=up.base_url, timeout_s=30, retries=2, concurrency=32
+    )
     yield u
     await u.close()
 
 
 @pytest.fixture
 def engine(client_upstream: Upstream) -> RLMEngine:
-    return RLMEngine(client_upstream, EngineConfig(root_model="gpt-5", sub_model="gpt-5-mini", exec_timeout_s=5))
+    return RLMEngine(
+        client_upstream, EngineConfig(root_model="gpt-5", sub_model="gpt-5-mini", exec_timeout_s=5)
+    )
 
 
 @pytest.fixture
@@ -65,7 +71,12 @@ async def sandbox(local_cfg: SandboxConfig) -> AsyncIterator[SandboxHandle]:
 
 
 def make_budget(**kw: Any) -> Budget:
-    args: dict[str, Any] = dict(max_iterations=10, max_depth=1, max_sub_calls=256, max_total_tokens=None)
+    args: dict[str, Any] = {
+        "max_iterations": 10,
+        "max_depth": 1,
+        "max_sub_calls": 256,
+        "max_total_tokens": None,
+    }
     args.update(kw)
     timeout = args.pop("timeout_s", 60.0)
     return Budget(deadline=time.monotonic() + timeout, **args)
@@ -88,7 +99,9 @@ class ServiceServer:
         self.port = free_port()
         self.settings = Settings(_env_file=None, rlm_port=self.port, **overrides)  # type: ignore[call-arg]
         self.app = create_app(self.settings)
-        self._server = ThreadedServer(self.app, self.port, name="service", timeout_graceful_shutdown=5)
+        self._server = ThreadedServer(
+            self.app, self.port, name="service", timeout_graceful_shutdown=5
+        )
 
     @property
     def url(self) -> str:

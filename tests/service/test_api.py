@@ -46,7 +46,9 @@ def client(server: ServiceServer) -> openai.OpenAI:
 
 @pytest.fixture
 def http(server: ServiceServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {KEY}"}, timeout=60) as c:
+    with httpx.Client(
+        base_url=server.url, headers={"authorization": f"Bearer {KEY}"}, timeout=60
+    ) as c:
         yield c
 
 
@@ -88,7 +90,11 @@ def test_streaming_through_the_sdk_with_usage(client: openai.OpenAI) -> None:
     content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert content == "5555"
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
-    assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+    assert (
+        chunks[-1].choices == []
+        and chunks[-1].usage is not None
+        and chunks[-1].usage.total_tokens > 0
+    )
 
 
 def test_second_turn_sees_first_turns_variables(http: httpx.Client, up: ScriptedUpstream) -> None:
@@ -96,7 +102,11 @@ def test_second_turn_sees_first_turns_variables(http: httpx.Client, up: Scripted
         repl("kept = 'from turn one'\nstate_set('counter', 1)\nanswer['content'] = 'stored'\nanswer['ready'] = True"),
         repl("answer['content'] = f\"{kept}|{state_get('counter')}|{history_0}|{context_0}|{context}\"\nanswer['ready'] = True"),
     ])  # fmt: skip
-    body = {"model": "rlm", "messages": [{"role": "user", "content": "remember"}], "rlm": {"context": "c0"}}
+    body = {
+        "model": "rlm",
+        "messages": [{"role": "user", "content": "remember"}],
+        "rlm": {"context": "c0"},
+    }
     first = http.post("/v1/chat/completions", json=body)
     assert first.status_code == 200, first.text
     sid = first.headers["x-rlm-session-id"]
@@ -111,34 +121,54 @@ def test_second_turn_sees_first_turns_variables(http: httpx.Client, up: Scripted
 
     view = http.get(f"/v1/sessions/{sid}").json()
     assert view["turns"] == 2 and view["sandbox"]["status"] == "ready"
-    assert view["sandbox"]["name"] == f"rlm-rlm-test-api-{sid}"  # the container bears its session's name
+    assert (
+        view["sandbox"]["name"] == f"rlm-rlm-test-api-{sid}"
+    )  # the container bears its session's name
     names = {v["name"]: v["repr"] for v in view["variables"]}
     assert names["kept"] == "'from turn one'" and "context_1" in names
     assert view["state"] == [{"name": "counter", "type": "int", "repr": "1"}]
 
     # Reset by header: same session id, fresh variables.
-    up.policy = Router([repl("answer['content'] = str('kept' in globals())\nanswer['ready'] = True")])
-    third = http.post("/v1/chat/completions", json=body, headers={"x-rlm-session-id": sid, "x-rlm-reset": "true"})
+    up.policy = Router(
+        [repl("answer['content'] = str('kept' in globals())\nanswer['ready'] = True")]
+    )
+    third = http.post(
+        "/v1/chat/completions", json=body, headers={"x-rlm-session-id": sid, "x-rlm-reset": "true"}
+    )
     assert third.json()["choices"][0]["message"]["content"] == "False"
     assert third.json()["rlm"]["turn"] == 0
 
 
 def test_a_session_belongs_to_its_key(http: httpx.Client, server: ServiceServer) -> None:
-    body = {"model": "rlm", "messages": [{"role": "user", "content": "magic?"}], "rlm": {"context": haystack(50, 7, 3)}}
+    body = {
+        "model": "rlm",
+        "messages": [{"role": "user", "content": "magic?"}],
+        "rlm": {"context": haystack(50, 7, 3)},
+    }
     sid = http.post("/v1/chat/completions", json=body).headers["x-rlm-session-id"]
     other = {"authorization": f"Bearer {OTHER_KEY}", "x-rlm-session-id": sid}
     with httpx.Client(base_url=server.url, timeout=30) as c:
         assert c.post("/v1/chat/completions", json=body, headers=other).status_code == 404
         assert c.get(f"/v1/sessions/{sid}", headers=other).status_code == 404
         assert c.delete(f"/v1/sessions/{sid}", headers=other).status_code == 404
-        assert c.get(f"/v1/sessions/{sid}", headers={"authorization": "Bearer wrong"}).status_code == 401
+        assert (
+            c.get(f"/v1/sessions/{sid}", headers={"authorization": "Bearer wrong"}).status_code
+            == 401
+        )
     assert http.delete(f"/v1/sessions/{sid}").json()["deleted"] is True
     assert http.get(f"/v1/sessions/{sid}").status_code == 404
 
 
-def test_errors_are_openai_envelopes_with_the_right_status(http: httpx.Client, server: ServiceServer) -> None:
+def test_errors_are_openai_envelopes_with_the_right_status(
+    http: httpx.Client, server: ServiceServer
+) -> None:
     def post(content: bytes | str, **kw: Any) -> httpx.Response:
-        return http.post("/v1/chat/completions", content=content, headers={"content-type": "application/json"}, **kw)
+        return http.post(
+            "/v1/chat/completions",
+            content=content,
+            headers={"content-type": "application/json"},
+            **kw,
+        )
 
     cases = {
         b"{not json": 400,
@@ -147,8 +177,16 @@ def test_errors_are_openai_envelopes_with_the_right_status(http: httpx.Client, s
         json.dumps({"model": "rlm"}): 400,
         json.dumps({"model": "rlm", "messages": "hello"}): 400,
         json.dumps({"model": "rlm", "messages": [{"role": "user", "content": 5}]}): 400,
-        json.dumps({"model": "rlm", "messages": [{"role": "user", "content": "q"}], "rlm": {"max_depth": "deep"}}): 400,
-        json.dumps({"model": "rlm", "messages": [{"role": "user", "content": "q"}], "rlm": {"bogus": 1}}): 400,
+        json.dumps(
+            {
+                "model": "rlm",
+                "messages": [{"role": "user", "content": "q"}],
+                "rlm": {"max_depth": "deep"},
+            }
+        ): 400,
+        json.dumps(
+            {"model": "rlm", "messages": [{"role": "user", "content": "q"}], "rlm": {"bogus": 1}}
+        ): 400,
         json.dumps({"model": "rlm", "messages": [{"role": "system", "content": "no user"}]}): 400,
         json.dumps({"model": "gpt-nope", "messages": [{"role": "user", "content": "q"}]}): 404,
     }
@@ -167,27 +205,40 @@ def test_errors_are_openai_envelopes_with_the_right_status(http: httpx.Client, s
     assert http.get("/v1/nothing").status_code == 404
     assert http.get("/v1/models").json()["data"][0]["id"] == "rlm"
     with pytest.raises(openai.NotFoundError):
-        openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0).chat.completions.create(
-            model="nope", messages=[{"role": "user", "content": "q"}]
-        )
+        openai.OpenAI(
+            base_url=server.url + "/v1", api_key=KEY, max_retries=0
+        ).chat.completions.create(model="nope", messages=[{"role": "user", "content": "q"}])
 
 
-def test_overload_is_refused_at_once_with_retry_after(server: ServiceServer, up: ScriptedUpstream) -> None:
+def test_overload_is_refused_at_once_with_retry_after(
+    server: ServiceServer, up: ScriptedUpstream
+) -> None:
     up.latency_s = 1.0  # every request holds its run slot for about two seconds
-    body = {"model": "rlm", "messages": [{"role": "user", "content": "magic?"}], "rlm": {"context": "x"}}
+    body = {
+        "model": "rlm",
+        "messages": [{"role": "user", "content": "magic?"}],
+        "rlm": {"context": "x"},
+    }
     results: list[int] = []
 
     def fire() -> None:
-        with httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {KEY}"}, timeout=60) as c:
+        with httpx.Client(
+            base_url=server.url, headers={"authorization": f"Bearer {KEY}"}, timeout=60
+        ) as c:
             results.append(c.post("/v1/chat/completions", json=body).status_code)
 
     threads = [threading.Thread(target=fire) for _ in range(6)]  # 4 running + 2 queued
     for t in threads:
         t.start()
     deadline = time.monotonic() + 10
-    while server.app.state.admission.running + server.app.state.admission.queued < 6 and time.monotonic() < deadline:
+    while (
+        server.app.state.admission.running + server.app.state.admission.queued < 6
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.02)
-    with httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {KEY}"}, timeout=60) as c:
+    with httpx.Client(
+        base_url=server.url, headers={"authorization": f"Bearer {KEY}"}, timeout=60
+    ) as c:
         t0 = time.perf_counter()
         refused = c.post("/v1/chat/completions", json=body)
         took = time.perf_counter() - t0
@@ -201,13 +252,28 @@ def test_overload_is_refused_at_once_with_retry_after(server: ServiceServer, up:
 
 def test_per_session_queue_cap_and_fifo_order(server: ServiceServer, up: ScriptedUpstream) -> None:
     up.latency_s = 1.0
-    up.policy = Router(lambda b: repl("order = globals().get('order', []) + [context]\nanswer['content'] = ','.join(order)\nanswer['ready'] = True"))
+    up.policy = Router(
+        lambda b: repl(
+            "order = globals().get('order', []) + [context]\nanswer['content'] = ','.join(order)\nanswer['ready'] = True"
+        )
+    )
     sid = "fifo-session-1"
     outs: dict[str, Any] = {}
 
     def fire(tag: str) -> None:
-        with httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {KEY}", "x-rlm-session-id": sid}, timeout=60) as c:
-            r = c.post("/v1/chat/completions", json={"model": "rlm", "messages": [{"role": "user", "content": "q"}], "rlm": {"context": tag}})
+        with httpx.Client(
+            base_url=server.url,
+            headers={"authorization": f"Bearer {KEY}", "x-rlm-session-id": sid},
+            timeout=60,
+        ) as c:
+            r = c.post(
+                "/v1/chat/completions",
+                json={
+                    "model": "rlm",
+                    "messages": [{"role": "user", "content": "q"}],
+                    "rlm": {"context": tag},
+                },
+            )
             outs[tag] = r
 
     threads = []
@@ -218,17 +284,30 @@ def test_per_session_queue_cap_and_fifo_order(server: ServiceServer, up: Scripte
         time.sleep(0.1)
     for t in threads:
         t.join()
-    assert outs["d"].status_code == 429 and "RLM_SESSION_QUEUE" in outs["d"].json()["error"]["message"]
+    assert (
+        outs["d"].status_code == 429 and "RLM_SESSION_QUEUE" in outs["d"].json()["error"]["message"]
+    )
     assert outs["c"].json()["choices"][0]["message"]["content"] == "a,b,c"
 
 
-def test_sandbox_loss_is_reported_and_the_session_recovers(http: httpx.Client, up: ScriptedUpstream) -> None:
-    up.policy = Router([repl("x = 1\nimport collections, itertools\ncollections.deque(itertools.count(), maxlen=0)")])
+def test_sandbox_loss_is_reported_and_the_session_recovers(
+    http: httpx.Client, up: ScriptedUpstream
+) -> None:
+    up.policy = Router(
+        [
+            repl(
+                "x = 1\nimport collections, itertools\ncollections.deque(itertools.count(), maxlen=0)"
+            )
+        ]
+    )
     sid = "lost-session"
     body = {"model": "rlm", "messages": [{"role": "user", "content": "q"}], "rlm": {"context": "c"}}
     r = http.post("/v1/chat/completions", json=body, headers={"x-rlm-session-id": sid})
     assert r.status_code == 503, r.text
-    assert r.json()["error"]["code"] == "hard_timeout" and "hard deadline" in r.json()["error"]["message"]
+    assert (
+        r.json()["error"]["code"] == "hard_timeout"
+        and "hard deadline" in r.json()["error"]["message"]
+    )
     assert r.headers["x-should-retry"] == "false" and r.headers["x-rlm-session-id"] == sid
     view = http.get(f"/v1/sessions/{sid}").json()
     assert view["sandbox"]["status"] == "lost" and "killed" in view["sandbox"]["lost_reason"]
@@ -241,7 +320,12 @@ def test_sandbox_loss_is_reported_and_the_session_recovers(http: httpx.Client, u
 def test_client_disconnect_cancels_the_run_and_the_session_stays_usable(
     server: ServiceServer, http: httpx.Client, up: ScriptedUpstream
 ) -> None:
-    up.policy = Router([repl("import time\ntime.sleep(30)"), repl("answer['content'] = 'alive'\nanswer['ready'] = True")])
+    up.policy = Router(
+        [
+            repl("import time\ntime.sleep(30)"),
+            repl("answer['content'] = 'alive'\nanswer['ready'] = True"),
+        ]
+    )
     sid = "disconnect-session"
     body = {"model": "rlm", "messages": [{"role": "user", "content": "q"}], "rlm": {"context": "c"}}
     with pytest.raises(httpx.ReadTimeout):
@@ -274,10 +358,15 @@ def test_refuses_to_serve_off_loopback_without_keys() -> None:
 
     with pytest.raises(ValidationError, match="without authentication"):
         Settings(_env_file=None, rlm_host="0.0.0.0", rlm_api_keys="")  # type: ignore[call-arg]
-    assert Settings(_env_file=None, rlm_host="0.0.0.0", rlm_allow_unauthenticated=True).rlm_host == "0.0.0.0"  # type: ignore[call-arg]
+    assert (
+        Settings(_env_file=None, rlm_host="0.0.0.0", rlm_allow_unauthenticated=True).rlm_host
+        == "0.0.0.0"
+    )  # type: ignore[call-arg]
 
 
-async def test_async_client_concurrent_sessions(server: ServiceServer, up: ScriptedUpstream) -> None:
+async def test_async_client_concurrent_sessions(
+    server: ServiceServer, up: ScriptedUpstream
+) -> None:
     client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
     magics = [random.randint(10**5, 10**6) for _ in range(4)]
     outs = await asyncio.gather(*(
@@ -292,16 +381,23 @@ async def test_async_client_concurrent_sessions(server: ServiceServer, up: Scrip
 
 def test_upstream_failure_is_a_502(http: httpx.Client, up: ScriptedUpstream) -> None:
     up.policy = Router([Reply(status=401, text="bad upstream key")])
-    r = http.post("/v1/chat/completions", json={"model": "rlm", "messages": [{"role": "user", "content": "q"}]})
+    r = http.post(
+        "/v1/chat/completions",
+        json={"model": "rlm", "messages": [{"role": "user", "content": "q"}]},
+    )
     assert r.status_code == 502 and r.json()["error"]["type"] == "upstream_error"
     assert "sk-upstream-secret-value" not in r.text
 
 
-def test_a_request_may_lower_the_depth_budget_but_not_raise_it(http: httpx.Client, up: ScriptedUpstream) -> None:
+def test_a_request_may_lower_the_depth_budget_but_not_raise_it(
+    http: httpx.Client, up: ScriptedUpstream
+) -> None:
     def root(body: dict[str, Any]) -> str:
         q = body["messages"][-1]["content"]
         if "Query: deeper" in q:
-            return repl("answer['content'] = rlm_query('deepest', context='z')\nanswer['ready'] = True")
+            return repl(
+                "answer['content'] = rlm_query('deepest', context='z')\nanswer['ready'] = True"
+            )
         return repl("answer['content'] = rlm_query('deeper', context='y')\nanswer['ready'] = True")
 
     up.policy = Router(root, sub=lambda b: "plain")
@@ -310,40 +406,67 @@ def test_a_request_may_lower_the_depth_budget_but_not_raise_it(http: httpx.Clien
     r = http.post("/v1/chat/completions", json=body).json()
     depths = [e["depth"] for e in r["rlm"]["trajectory"] if e["event"] == "run_start"]
     assert sorted(depths) == [0, 1]  # the server's RLM_MAX_DEPTH=1 holds
-    assert any(e["event"] == "sub_call" and e["kind"] == "rlm_as_llm" for e in r["rlm"]["trajectory"])
+    assert any(
+        e["event"] == "sub_call" and e["kind"] == "rlm_as_llm" for e in r["rlm"]["trajectory"]
+    )
     body["rlm"]["max_depth"] = 0
     r = http.post("/v1/chat/completions", json=body).json()
     assert [e["depth"] for e in r["rlm"]["trajectory"] if e["event"] == "run_start"] == [0]
 
 
-def test_streaming_client_that_disconnects_cancels_its_run(server: ServiceServer, http: httpx.Client, up: ScriptedUpstream) -> None:
-    up.policy = Router([repl("import time\ntime.sleep(30)"), repl("answer['content'] = 'still here'\nanswer['ready'] = True")])
+def test_streaming_client_that_disconnects_cancels_its_run(
+    server: ServiceServer, http: httpx.Client, up: ScriptedUpstream
+) -> None:
+    up.policy = Router(
+        [
+            repl("import time\ntime.sleep(30)"),
+            repl("answer['content'] = 'still here'\nanswer['ready'] = True"),
+        ]
+    )
     sid = "stream-disconnect"
-    body = {"model": "rlm", "stream": True, "messages": [{"role": "user", "content": "q"}], "rlm": {"context": "c"}}
+    body = {
+        "model": "rlm",
+        "stream": True,
+        "messages": [{"role": "user", "content": "q"}],
+        "rlm": {"context": "c"},
+    }
     headers = {"authorization": f"Bearer {KEY}", "x-rlm-session-id": sid}
-    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, headers=headers, timeout=30) as r:
+    with httpx.stream(
+        "POST", server.url + "/v1/chat/completions", json=body, headers=headers, timeout=30
+    ) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         lines = r.iter_lines()  # kept: a dropped iterator closes the response (a disconnect)
         first = next(lines)
-        assert json.loads(first.removeprefix("data: "))["choices"][0]["delta"]["role"] == "assistant"
+        assert (
+            json.loads(first.removeprefix("data: "))["choices"][0]["delta"]["role"] == "assistant"
+        )
         deadline = time.monotonic() + 20
         while up.stats.calls < 1:
             assert time.monotonic() < deadline, "the run did not start"
             time.sleep(0.05)
         time.sleep(0.5)  # the sleeping block is running now; hang up
     t0 = time.perf_counter()
-    r2 = http.post("/v1/chat/completions", json={**body, "stream": False}, headers={"x-rlm-session-id": sid})
+    r2 = http.post(
+        "/v1/chat/completions", json={**body, "stream": False}, headers={"x-rlm-session-id": sid}
+    )
     assert r2.status_code == 200 and r2.json()["choices"][0]["message"]["content"] == "still here"
     assert time.perf_counter() - t0 < 10
-    assert [x["status"] for x in http.get(f"/v1/sessions/{sid}").json()["runs"]] == ["cancelled", "done"]
+    assert [x["status"] for x in http.get(f"/v1/sessions/{sid}").json()["runs"]] == [
+        "cancelled",
+        "done",
+    ]
 
 
-def test_a_100_mb_context_end_to_end(upstream: ScriptedUpstream, up: ScriptedUpstream, docker_ready: None) -> None:
+def test_a_100_mb_context_end_to_end(
+    upstream: ScriptedUpstream, up: ScriptedUpstream, docker_ready: None
+) -> None:
     lines = [f"filler line with some words {i}" for i in range(3_000_000)]
     lines[2_500_000] = "the magic number is 777"
     context = "\n".join(lines)
     assert len(context) > 100_000_000
-    env = service_env(upstream, rlm_sandbox="docker", rlm_sandbox_pool_size=1, rlm_instance="rlm-test-big")
+    env = service_env(
+        upstream, rlm_sandbox="docker", rlm_sandbox_pool_size=1, rlm_instance="rlm-test-big"
+    )
     with ServiceServer(**env) as srv:  # the default RLM_MAX_BODY_BYTES takes it
         r = httpx.post(srv.url + "/v1/chat/completions", timeout=120, headers={"authorization": f"Bearer {KEY}"},
                        json={"model": "rlm", "messages": [{"role": "user", "content": "magic?"}], "rlm": {"context": context}})  # fmt: skip
@@ -351,7 +474,9 @@ def test_a_100_mb_context_end_to_end(upstream: ScriptedUpstream, up: ScriptedUps
     assert r.json()["choices"][0]["message"]["content"] == "777"
 
 
-def test_last_turns_answer_does_not_end_the_next_turn(http: httpx.Client, up: ScriptedUpstream) -> None:
+def test_last_turns_answer_does_not_end_the_next_turn(
+    http: httpx.Client, up: ScriptedUpstream
+) -> None:
     up.policy = Router([
         repl("answer['content'] = 'turn one'\nanswer['ready'] = True"),
         repl("x = 2"),  # turn two's first block sets no answer: the run must go on
@@ -384,4 +509,8 @@ def test_one_json_log_line_per_request_without_keys_or_contexts(
     assert len(mine) == 1
     assert mine[0]["status"] == 200 and mine[0]["session_id"] and mine[0]["tokens"] > 0
     text = "\n".join(lines)
-    assert KEY not in text and "TOP-SECRET-CONTEXT" not in text and "sk-upstream-secret-value" not in text
+    assert (
+        KEY not in text
+        and "TOP-SECRET-CONTEXT" not in text
+        and "sk-upstream-secret-value" not in text
+    )

@@ -35,8 +35,18 @@ def test_readme_settings_table_names_every_setting() -> None:
 
 def test_fixed_defaults() -> None:
     s = Settings(_env_file=None)  # type: ignore[call-arg]
-    assert (s.rlm_root_model, s.rlm_sub_model, s.rlm_port, s.rlm_host) == ("gpt-5", "gpt-5-mini", 3000, "127.0.0.1")
-    assert (s.rlm_sandbox, s.rlm_sandbox_runtime, s.rlm_max_iterations, s.rlm_max_depth) == ("docker", "runsc", 20, 1)
+    assert (s.rlm_root_model, s.rlm_sub_model, s.rlm_port, s.rlm_host) == (
+        "gpt-5",
+        "gpt-5-mini",
+        3000,
+        "127.0.0.1",
+    )
+    assert (s.rlm_sandbox, s.rlm_sandbox_runtime, s.rlm_max_iterations, s.rlm_max_depth) == (
+        "docker",
+        "runsc",
+        20,
+        1,
+    )
     assert (s.rlm_exec_timeout_s, s.rlm_request_timeout_s, s.rlm_sandbox_pool_size) == (30, 1800, 8)
     assert s.rlm_max_body_bytes == 268435456 and s.rlm_trajectory_dir is None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -21,10 +22,14 @@ INSTANCE = "rlm-test-shutdown"
 
 
 def _containers() -> list[object]:
-    return docker.from_env().containers.list(all=True, filters={"label": f"rlm-py.instance={INSTANCE}"})
+    return docker.from_env().containers.list(
+        all=True, filters={"label": f"rlm-py.instance={INSTANCE}"}
+    )
 
 
-def test_sigterm_with_a_request_in_flight_leaves_no_container(up: ScriptedUpstream, docker_ready: None) -> None:
+def test_sigterm_with_a_request_in_flight_leaves_no_container(
+    up: ScriptedUpstream, docker_ready: None
+) -> None:
     up.policy = Router([
         "```repl\nimport time\ntime.sleep(20)\n```", "FINAL(never)",
     ])  # fmt: skip
@@ -69,10 +74,8 @@ def test_sigterm_with_a_request_in_flight_leaves_no_container(up: ScriptedUpstre
         time.sleep(0.5)  # the sleeping block is running in a sandbox now
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.3)
-        try:
+        with contextlib.suppress(httpx.TransportError):  # a closed listener: also not ready
             assert httpx.get(base + "/readyz", timeout=5).status_code == 503
-        except httpx.TransportError:
-            pass  # already closed its listener: also not ready
         code = proc.wait(timeout=60)
         t.join(timeout=60)
         assert code in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after a clean shutdown

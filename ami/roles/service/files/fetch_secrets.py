@@ -109,7 +109,7 @@ def main(
         try:
             values = fetch(ssm, args.wanted)
             break
-        except Exception as exc:  # botocore's errors and network errors alike: retry, then fail
+        except Exception as exc:  # noqa: BLE001 - botocore's errors and network errors alike: retry, then fail
             print(f"attempt {attempt}/{ATTEMPTS}: {exc}", file=sys.stderr)
             if attempt == ATTEMPTS:
                 return 1
