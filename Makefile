@@ -56,7 +56,7 @@ serve: image ## run the service (python -m service) with the settings in .env / 
 	$(PY) -m service
 
 demo: image ## one needle-in-a-haystack query, offline, against the scripted upstream
-	$(PY) -m service.demo
+	$(PY) -m loadtest.demo
 
 test: image browser ## the whole test suite on real Docker + runsc (the command CI runs)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -67,9 +67,11 @@ test-ui: install browser ## the trajectory viewer in headless Chromium (local sa
 test-fast: install ## the tests that need no Docker (local sandbox, mocks): a quick loop
 	RLM_TEST_SKIP_DOCKER=1 $(PY) -m pytest -q --ignore=tests/ui $(PYTEST_ARGS)
 
-lint: install ## ruff and mypy
+lint: install ## ruff (rules and format), mypy over every package, the layer contracts
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: image ## benchmarks (sandbox, engine, end to end vs the official RLM library): markdown table
 	$(PY) -m loadtest.bench

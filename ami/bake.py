@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import math
 import os
 import shlex
@@ -37,16 +36,12 @@ from typing import Any
 import boto3
 from botocore.exceptions import ClientError
 
-# service/constants.py is the single source of the parameter names; the repository root is on
-# sys.path when this runs as `python -m ami.bake` or through the ami/bake wrapper.
+# ami/constants.py (architectures, stock Ubuntu) and service/constants.py (parameter names)
+# are the single sources; the repository root is on sys.path when this runs as
+# `python -m ami.bake` or through the ami/bake wrapper.
+from ami.constants import ARCHES, EC2_TRUST_POLICY, ubuntu_ami_param
 from service.constants import SSM_AMI_PARAM
 
-ARCHES = ("arm64", "x86_64")
-# Canonical's public parameter for the current Ubuntu 24.04 server AMI (Debian arch names).
-UBUNTU_AMI_PARAM = (
-    "/aws/service/canonical/ubuntu/server/24.04/stable/current/{deb_arch}/hvm/ebs-gp3/ami-id"
-)
-DEB_ARCH = {"arm64": "arm64", "x86_64": "amd64"}
 DEFAULT_INSTANCE_TYPE = {"arm64": "m7g.large", "x86_64": "m7i.large"}
 SSM_CORE_POLICY = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
 # Extra vars for the playbook on a builder: modern runsc from gVisor's repository; the service
@@ -240,7 +235,7 @@ class Bake:
     # -- steps -------------------------------------------------------------------------------
 
     def ubuntu_ami(self) -> str:
-        name = UBUNTU_AMI_PARAM.format(deb_arch=DEB_ARCH[self.config.arch])
+        name = ubuntu_ami_param(self.config.arch)
         try:
             return self.clients.ssm.get_parameter(Name=name)["Parameter"]["Value"]
         except ClientError as exc:
@@ -286,19 +281,9 @@ class Bake:
 
     def create_instance_profile(self, cleanup: ExitStack) -> str:
         iam = self.clients.iam
-        trust = {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Effect": "Allow",
-                    "Principal": {"Service": "ec2.amazonaws.com"},
-                    "Action": "sts:AssumeRole",
-                }
-            ],
-        }
         iam.create_role(
             RoleName=self.name,
-            AssumeRolePolicyDocument=json.dumps(trust),
+            AssumeRolePolicyDocument=EC2_TRUST_POLICY,
             Description="rlm-py AMI builder (temporary)",
         )
         cleanup.callback(

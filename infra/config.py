@@ -10,15 +10,13 @@ from __future__ import annotations
 import ipaddress
 import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import pulumi
 
+# The architectures are the bake's (every host runs an image it makes); see ami.constants.
+from ami.constants import ARCHES
 from service.constants import DEFAULT_REQUEST_TIMEOUT_S, SSM_AMI_PARAM
-
-# EC2's own architecture names: the same strings the AMI bake uses in `/rlm-py/ami/<arch>`.
-# Order matters in mixed mode: earlier architectures get launch priority.
-ARCHITECTURES: tuple[str, ...] = ("arm64", "x86_64")
 
 # AWS limits that the checks below enforce before AWS would reject the plan half-applied.
 ALB_IDLE_TIMEOUT_MAX_S = 4000
@@ -28,7 +26,7 @@ DEREGISTRATION_DELAY_MAX_S = 3600
 IDLE_TIMEOUT_MARGIN_S = 60
 
 FleetMode = Literal["mixed", "perArch"]
-FLEET_MODES: tuple[str, ...] = ("mixed", "perArch")
+FLEET_MODES: tuple[FleetMode, ...] = get_args(FleetMode)
 
 # Keys that hold credentials: refused unless stored with `pulumi config set --secret`.
 SECRET_KEYS: tuple[str, ...] = ("openaiApiKey", "rlmApiKeys")
@@ -124,9 +122,10 @@ def load_stack_config(config: pulumi.Config) -> StackConfig:
     for cidr in alb_ingress_cidrs:
         _check_cidr("albIngressCidrs", cidr)
 
-    fleet_mode = config.get("fleetMode") or "mixed"
-    if fleet_mode not in FLEET_MODES:
-        raise ConfigError(f"fleetMode must be one of {', '.join(FLEET_MODES)}, not {fleet_mode!r}")
+    given = config.get("fleetMode") or "mixed"
+    fleet_mode = next((mode for mode in FLEET_MODES if mode == given), None)
+    if fleet_mode is None:
+        raise ConfigError(f"fleetMode must be one of {', '.join(FLEET_MODES)}, not {given!r}")
     size = _group_size(config, "", GroupSize(min=1, max=4, desired=2))
     archs = [
         ArchConfig(
@@ -136,7 +135,7 @@ def load_stack_config(config: pulumi.Config) -> StackConfig:
             ami=config.get(f"{arch}Ami") or "resolve:ssm:" + SSM_AMI_PARAM.format(arch=arch),
             size=_group_size(config, arch, size),
         )
-        for arch in ARCHITECTURES
+        for arch in ARCHES
     ]
 
     request_timeout_s = _get_positive_int(
@@ -184,7 +183,7 @@ def load_stack_config(config: pulumi.Config) -> StackConfig:
         alb_ingress_cidrs=alb_ingress_cidrs,
         ssh_cidr=ssh_cidr,
         ssh_key_name=config.get("sshKeyName"),
-        fleet_mode=fleet_mode,  # type: ignore[arg-type]  # checked against FLEET_MODES above
+        fleet_mode=fleet_mode,
         size=size,
         archs=archs,
         root_volume_gb=_get_positive_int(config, "rootVolumeGb", 50),

@@ -25,7 +25,6 @@ import itertools
 import json
 import os
 import platform
-import random
 import statistics
 import subprocess
 import sys
@@ -35,24 +34,19 @@ from typing import Any
 
 import httpx
 
+from loadtest.haystack import NEEDLE_QUERY, filler, magic_number, with_needle
+from loadtest.hostmem import RUNSC_PROCESSES, host_kb
 from loadtest.policies import IterationsPolicy
+from loadtest.samples import pct
 from loadtest.stack import ROOT, LocalStack, StackConfig, container_ids, upstream_process
 from loadtest.upstream import ScriptedUpstream
 
-NEEDLE_QUERY = "What is the magic number in the context? Answer with the number only."
 UPSTREAM_LATENCY_S = 0.2
 CAPACITY_STEPS = (2, 5, 10, 20, 40, 80)
 CAPACITY_SLACK_MS = 100.0
 
 
 # ---- rows ----------------------------------------------------------------------------
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def row(section: str, name: str, samples: list[float] | None = None, *, unit: str = "ms",
@@ -252,28 +246,13 @@ def official_engine_rows(iterations: int, runs: int, ours_ms: float) -> list[dic
 
 
 def _needle_template(lines: int = 10_000) -> tuple[bytes, bytes]:
-    words = [
-        "alpha",
-        "bravo",
-        "charlie",
-        "delta",
-        "echo",
-        "foxtrot",
-        "golf",
-        "hotel",
-        "india",
-        "juliet",
-        "kilo",
-        "lima",
-    ]
-    rng = random.Random(7)
-    filler = [f"line {i:05d}: " + " ".join(rng.choices(words, k=8)) for i in range(lines)]
-    filler.insert(lines // 3, "The magic number is 0000000.")
+    """A needle request's JSON with a placeholder number (a third of the way in) to replace."""
+    marker = "0000000"
     body = json.dumps({
         "model": "rlm", "messages": [{"role": "user", "content": NEEDLE_QUERY}],
-        "rlm": {"reset": True, "context": "\n".join(filler)},
+        "rlm": {"reset": True, "context": with_needle(filler(lines), marker, at=lines // 3)},
     }).encode()  # fmt: skip
-    return body, b"0000000"
+    return body, marker.encode()
 
 
 async def drive_service(base_url: str, api_key: str, concurrency: int, seconds: float,
@@ -288,7 +267,7 @@ async def drive_service(base_url: str, api_key: str, concurrency: int, seconds: 
     async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits) as client:
 
         async def one(session: str, measure: bool) -> None:
-            number = str(random.randint(1_000_000, 9_999_999))
+            number = magic_number()
             headers = {"authorization": f"Bearer {api_key}", "content-type": "application/json",
                        "x-rlm-session-id": session}  # fmt: skip
             t0 = time.perf_counter()
@@ -371,23 +350,7 @@ def official_e2e_rows(env: str, seconds: float, results: dict[str, float]) -> li
 
 def runsc_rss_mb(ids: list[str]) -> list[float]:
     """Per container: summed RSS of the host processes naming its id (shim, sandbox, gofer)."""
-    per: dict[str, int] = dict.fromkeys(ids, 0)
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-            if "runsc" not in cmd and "containerd-shim" not in cmd:
-                continue
-            hit = next((i for i in ids if i in cmd), None)
-            if hit is None:
-                continue
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    per[hit] += int(line.split()[1])
-        except OSError:
-            continue
-    return [kb / 1024 for kb in per.values()]
+    return [kb / 1024 for kb in host_kb(ids, only=RUNSC_PROCESSES).values()]
 
 
 async def capacity_rows(seconds: float, steps: tuple[int, ...]) -> list[dict[str, Any]]:

@@ -23,7 +23,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -32,10 +31,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from loadtest.haystack import NEEDLE_QUERY, filler, magic_number, with_needle
+
 OFFICIAL_IMAGE = "rlm-bench-official-repl:latest"
 BASE_IMAGE = os.environ.get("RLM_SANDBOX_IMAGE", "rlm-sandbox:latest")
 PACKAGES = ("requests", "urllib3", "idna", "charset_normalizer", "certifi")
-QUERY = "What is the magic number in the context? Answer with the number only."
 
 
 def ensure_image() -> str:
@@ -130,42 +130,20 @@ def exec_round_trips(n: int = 20) -> list[float]:
         env.cleanup()
 
 
-def _haystack(lines: int) -> list[str]:
-    # The locustfile's filler, without importing Locust (gevent) here.
-    words = [
-        "alpha",
-        "bravo",
-        "charlie",
-        "delta",
-        "echo",
-        "foxtrot",
-        "golf",
-        "hotel",
-        "india",
-        "juliet",
-        "kilo",
-        "lima",
-    ]
-    rng = random.Random(7)
-    return [f"line {i:05d}: " + " ".join(rng.choices(words, k=8)) for i in range(lines)]
-
-
 def _worker(args: argparse.Namespace, barrier: Any, results: Any) -> None:
     from rlm import RLM
 
     if args.env == "docker":
         _loopback_docker_run()
     env_kwargs = {"image": OFFICIAL_IMAGE} if args.env == "docker" else {}
-    filler = _haystack(args.lines)
+    lines = filler(args.lines)
     latencies: list[float] = []
     failures = 0
     errors: list[str] = []
     barrier.wait()
     deadline = time.perf_counter() + args.seconds
     while time.perf_counter() < deadline:
-        number = str(random.randint(1_000_000, 9_999_999))
-        lines = list(filler)
-        lines.insert(random.randrange(len(lines) + 1), f"The magic number is {number}.")
+        number = magic_number()
         rlm = RLM(
             backend="openai",
             backend_kwargs={"model_name": "gpt-5", "base_url": args.base_url, "api_key": "scripted"},
@@ -173,7 +151,7 @@ def _worker(args: argparse.Namespace, barrier: Any, results: Any) -> None:
         )  # fmt: skip
         t0 = time.perf_counter()
         try:
-            out = rlm.completion("\n".join(lines), root_prompt=QUERY)
+            out = rlm.completion(with_needle(lines, number), root_prompt=NEEDLE_QUERY)
             ok = number in str(out.response)
             if not ok:
                 errors.append(f"wrong answer {str(out.response)[:80]!r}")

@@ -20,6 +20,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from loadtest.hostmem import host_kb
+from loadtest.samples import summary
 from sandbox.config import SandboxConfig
 from sandbox.pool import SandboxPool, launch
 
@@ -35,12 +37,7 @@ AIMS = {
 
 
 def _row(name: str, samples: list[float], unit: str = "ms") -> dict[str, Any]:
-    ordered = sorted(samples)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return {
-        "name": name, "n": len(samples), "unit": unit,
-        "median": statistics.median(ordered), "p95": p95, "aim": AIMS.get(name, ""),
-    }  # fmt: skip
+    return {"name": name, "unit": unit, "aim": AIMS.get(name, ""), **summary(samples)}
 
 
 async def _timed(fn: Callable[[], Awaitable[Any]], n: int, warmup: int = 3) -> list[float]:
@@ -54,33 +51,14 @@ async def _timed(fn: Callable[[], Awaitable[Any]], n: int, warmup: int = 3) -> l
     return out
 
 
-def _host_kb(container_id: str, path: str, key: str) -> int:
-    """Sum of ``key`` in /proc/<pid>/<path> over the host processes naming the container."""
-    total_kb = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if container_id.encode() not in f.read():
-                    continue
-            with open(f"/proc/{pid}/{path}") as f:
-                for line in f:
-                    if line.startswith(key):
-                        total_kb += int(line.split()[1])
-        except OSError:
-            continue
-    return total_kb
-
-
 def host_pss_mb(container_id: str) -> float:
     """Summed PSS of the host processes that serve this container (runsc, gofer, shim)."""
-    return _host_kb(container_id, "smaps_rollup", "Pss:") / 1024
+    return host_kb([container_id], "smaps_rollup", "Pss:")[container_id] / 1024
 
 
 def host_rss_mb(container_id: str) -> float:
     """Summed RSS of the same processes: shared pages counted once per process (an upper bound)."""
-    return _host_kb(container_id, "status", "VmRSS:") / 1024
+    return host_kb([container_id], "status", "VmRSS:")[container_id] / 1024
 
 
 def cgroup_mb(container_id: str) -> float:

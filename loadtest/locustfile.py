@@ -31,6 +31,8 @@ from typing import Any
 from locust import HttpUser, between, task
 from locust.contrib.fasthttp import FastHttpUser
 
+from loadtest.haystack import NEEDLE_QUERY, filler, magic_number, with_needle
+
 API_KEY = os.environ.get("RLM_API_KEY", "")
 MODEL = os.environ.get("RLM_MODEL", "rlm")
 LINES = int(os.environ.get("RLM_LOADTEST_LINES", "10000"))
@@ -38,53 +40,9 @@ WAIT_S = float(os.environ.get("RLM_LOADTEST_WAIT_S", "0"))
 NETWORK_TIMEOUT_S = 1800.0
 CONNECT_TIMEOUT_S = 10.0
 ENDPOINT = "/v1/chat/completions"
-NEEDLE_QUERY = "What is the magic number in the context? Answer with the number only."
-
-_WORDS = [
-    "alpha",
-    "bravo",
-    "charlie",
-    "delta",
-    "echo",
-    "foxtrot",
-    "golf",
-    "hotel",
-    "india",
-    "juliet",
-    "kilo",
-    "lima",
-    "mike",
-    "november",
-    "oscar",
-    "papa",
-    "quebec",
-    "romeo",
-    "sierra",
-    "tango",
-    "uniform",
-    "victor",
-    "whiskey",
-    "xray",
-    "yankee",
-    "zulu",
-]
-
-
-def _filler(n: int, seed: int = 7) -> list[str]:
-    rng = random.Random(seed)
-    return [f"line {i:05d}: " + " ".join(rng.choices(_WORDS, k=8)) for i in range(n)]
-
 
 # Built once per process: a request only copies it and inserts its needle.
-_HAYSTACK = _filler(LINES)
-
-
-def haystack() -> tuple[str, str]:
-    """A fresh haystack and its magic number (a random line says what it is)."""
-    number = str(random.randint(1_000_000, 9_999_999))
-    lines = list(_HAYSTACK)
-    lines.insert(random.randrange(len(lines) + 1), f"The magic number is {number}.")
-    return "\n".join(lines), number
+_FILLER = filler(LINES)
 
 
 def headers() -> dict[str, str]:
@@ -95,11 +53,12 @@ def headers() -> dict[str, str]:
 
 
 def needle_body(stream: bool = False) -> tuple[dict[str, Any], str]:
-    context, number = haystack()
+    """A needle request with a fresh magic number somewhere in the haystack, and the number."""
+    number = magic_number()
     body: dict[str, Any] = {
         "model": MODEL,
         "messages": [{"role": "user", "content": NEEDLE_QUERY}],
-        "rlm": {"reset": True, "context": context},
+        "rlm": {"reset": True, "context": with_needle(_FILLER, number)},
     }
     if stream:
         body["stream"] = True
@@ -137,26 +96,37 @@ def _check_json(resp: Any) -> dict[str, Any] | None:
         resp.failure(f"HTTP {resp.status_code}: {detail}")
         return None
     try:
-        return resp.json()  # type: ignore[no-any-return]
+        payload: dict[str, Any] = resp.json()
     except Exception:  # noqa: BLE001
         resp.failure("response is not JSON")
         return None
+    return payload
 
 
-class NeedleUser(FastHttpUser):
-    """The seed's needle-in-a-haystack request, over and over, on one session."""
+class _ChatUser(FastHttpUser):
+    """What the non-streaming users share: think time, timeouts, one way to post a request."""
 
-    weight = 3
+    abstract = True
     wait_time = between(WAIT_S, WAIT_S)
     network_timeout = NETWORK_TIMEOUT_S
     connection_timeout = CONNECT_TIMEOUT_S
 
+    def post(self, body: dict[str, Any], name: str) -> Any:
+        """POST ``body`` as ``name``; the caller marks the response (``catch_response``)."""
+        return self.client.post(
+            ENDPOINT, data=json.dumps(body), headers=headers(), name=name, catch_response=True
+        )
+
+
+class NeedleUser(_ChatUser):
+    """The seed's needle-in-a-haystack request, over and over, on one session."""
+
+    weight = 3
+
     @task
     def needle(self) -> None:
         body, number = needle_body()
-        with self.client.post(
-            ENDPOINT, data=json.dumps(body), headers=headers(), name="needle", catch_response=True
-        ) as resp:
+        with self.post(body, "needle") as resp:
             payload = _check_json(resp)
             if payload is None:
                 return
@@ -165,13 +135,10 @@ class NeedleUser(FastHttpUser):
                 resp.failure(f"magic number {number} not in the answer: {answer[:200]!r}")
 
 
-class MultiTurnUser(FastHttpUser):
+class MultiTurnUser(_ChatUser):
     """Two turns on one session: store a code word, then read it back via the cookie."""
 
     weight = 1
-    wait_time = between(WAIT_S, WAIT_S)
-    network_timeout = NETWORK_TIMEOUT_S
-    connection_timeout = CONNECT_TIMEOUT_S
 
     @task
     def remember_and_recall(self) -> None:
@@ -184,13 +151,7 @@ class MultiTurnUser(FastHttpUser):
             )}],
             "rlm": {"reset": True},
         }  # fmt: skip
-        with self.client.post(
-            ENDPOINT,
-            data=json.dumps(turn1),
-            headers=headers(),
-            name="multi-turn 1",
-            catch_response=True,
-        ) as resp:
+        with self.post(turn1, "multi-turn 1") as resp:
             first = _check_json(resp)
         if first is None:
             return
@@ -203,13 +164,7 @@ class MultiTurnUser(FastHttpUser):
             )}],
         }  # fmt: skip
         # No session header: the session travels in the rlm_session cookie only.
-        with self.client.post(
-            ENDPOINT,
-            data=json.dumps(turn2),
-            headers=headers(),
-            name="multi-turn 2",
-            catch_response=True,
-        ) as resp:
+        with self.post(turn2, "multi-turn 2") as resp:
             second = _check_json(resp)
             if second is None:
                 return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import matplotlib as mpl
@@ -10,6 +11,7 @@ import matplotlib as mpl
 mpl.use("Agg")  # files only, no display
 
 import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 
 def _num(value: str) -> float | None:
@@ -61,18 +63,18 @@ def plot_history(history_csv: Path, out_dir: Path) -> list[Path]:
     twin.set_ylabel("users")
     ax.legend(loc="upper left")
     twin.legend(loc="upper right")
-    fig.tight_layout()
-    path = out_dir / "requests.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(fig, out_dir / "requests.png"))
 
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    series: dict[tuple[str, str], list[tuple[float, float | None, float | None]]] = {}
+    # A percentile Locust has not computed yet is NaN: a gap in the line.
+    series: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
     for r in named:
-        series.setdefault((r["Type"], r["Name"]), []).append(
-            (float(r["Timestamp"]) - t0, _num(r.get("50%", "")), _num(r.get("95%", "")))
-        )
+        median, p95 = (_num(r.get(q, "")) for q in ("50%", "95%"))
+        series.setdefault((r["Type"], r["Name"]), []).append((
+            float(r["Timestamp"]) - t0,
+            math.nan if median is None else median,
+            math.nan if p95 is None else p95,
+        ))  # fmt: skip
     for (kind, name), points in sorted(series.items()):
         label = name if kind != "METRIC" else f"{name} (stream metric)"
         line = ax.plot([p[0] for p in points], [p[2] for p in points], label=f"{label} p95")
@@ -82,9 +84,12 @@ def plot_history(history_csv: Path, out_dir: Path) -> list[Path]:
     ax.set_ylabel("ms")
     ax.set_title("Response time (rolling window)")
     ax.legend(loc="upper left", fontsize="small", ncol=2)
+    written.append(_save(fig, out_dir / "response_times.png"))
+    return written
+
+
+def _save(fig: Figure, path: Path) -> Path:
     fig.tight_layout()
-    path = out_dir / "response_times.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    written.append(path)
-    return written
+    return path

@@ -23,12 +23,16 @@ way; this engine accepts it too.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any
 
-from loadtest.upstream import NEEDLE_CODE, Reply, _text_of, is_root_request, needle_policy
-
-Policy = Callable[[dict[str, Any]], "str | Reply"]
+from loadtest.upstream import (
+    NEEDLE_CODE,
+    Policy,
+    is_root_request,
+    needle_policy,
+    sub_answer,
+    text_of,
+)
 
 CODE_WORD_RE = re.compile(r"code word\s+([A-Za-z0-9_-]+)", re.IGNORECASE)
 
@@ -37,17 +41,12 @@ def _answer_block(value: str) -> str:
     return f'```repl\nanswer["content"] = {value!r}\nanswer["ready"] = True\n```'
 
 
-def _sub_answer(body: dict[str, Any]) -> str:
-    prompt = _text_of((body.get("messages") or [{}])[-1])
-    return f"sub-answer: {prompt[:60]}"
-
-
 def query_of(body: dict[str, Any]) -> str:
     """The user's query as the root model sees it (this engine's or the official prompts)."""
     for msg in body.get("messages") or []:
         if msg.get("role") != "user":
             continue
-        text = _text_of(msg)
+        text = text_of(msg)
         ours = re.search(r"Query: (.*?)\n\nYour next action:", text, re.DOTALL)
         if ours:
             return ours.group(1)
@@ -60,16 +59,16 @@ def query_of(body: dict[str, Any]) -> str:
 def _repl_outputs(body: dict[str, Any]) -> list[str]:
     """Texts of the user messages that report REPL output, oldest first."""
     return [
-        _text_of(m)
+        text_of(m)
         for m in body.get("messages") or []
-        if m.get("role") == "user" and "REPL output" in _text_of(m)
+        if m.get("role") == "user" and "REPL output" in text_of(m)
     ]
 
 
 def needle_answer_policy(body: dict[str, Any]) -> str:
     """Search ``context`` for the magic number, then answer it through the ``answer`` dict."""
     if not is_root_request(body):
-        return _sub_answer(body)
+        return sub_answer(body)
     for text in reversed(_repl_outputs(body)):
         found = re.search(r"FOUND (\d+|nothing)", text)
         if found:
@@ -89,7 +88,7 @@ def wrong_needle_policy(body: dict[str, Any]) -> str:
 def multi_turn_policy(body: dict[str, Any]) -> str:
     """Turn 1 ("remember the code word X"): store X; turn 2 ("what is the code word"): recall."""
     if not is_root_request(body):
-        return _sub_answer(body)
+        return sub_answer(body)
     query = query_of(body)
     outputs = _repl_outputs(body)
     last = outputs[-1] if outputs else ""
@@ -122,7 +121,7 @@ class IterationsPolicy:
 
     def __call__(self, body: dict[str, Any]) -> str:
         if not is_root_request(body):
-            return _sub_answer(body)
+            return sub_answer(body)
         done = sum(1 for m in body.get("messages") or [] if m.get("role") == "assistant")
         if done + 1 >= self.n:
             return _answer_block(f"done after {done + 1}")

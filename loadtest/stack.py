@@ -14,15 +14,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
-import httpx
-
-from loadtest.upstream import free_port
+from loadtest.upstream import free_port, wait_until_up
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "loadtest-key"
@@ -54,7 +52,7 @@ class LocalStack:
         self.api_key = API_KEY
         self.leftovers: list[str] = []
         self._procs: list[subprocess.Popen[bytes]] = []
-        self._logs: list[object] = []
+        self._logs: list[IO[bytes]] = []
 
     @property
     def base_url(self) -> str:
@@ -89,17 +87,13 @@ class LocalStack:
     def _spawn(
         self, name: str, args: list[str], env: dict[str, str], cwd: Path = ROOT
     ) -> subprocess.Popen[bytes]:
-        out: int | object = subprocess.DEVNULL
+        out: int | IO[bytes] = subprocess.DEVNULL
         if self.cfg.log_dir is not None:
             self.cfg.log_dir.mkdir(parents=True, exist_ok=True)
             out = open(self.cfg.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
             self._logs.append(out)
         proc = subprocess.Popen(
-            [sys.executable, *args],
-            cwd=cwd,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,  # type: ignore[arg-type]
+            [sys.executable, *args], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT
         )
         self._procs.append(proc)
         return proc
@@ -109,31 +103,22 @@ class LocalStack:
         try:
             up = self._spawn(
                 "upstream",
-                ["-m", "loadtest.serve_upstream", "--port", str(self.upstream_port),
-                 "--latency", str(c.latency_s), "--policy", c.policy],
+                _upstream_args(self.upstream_port, c.policy, c.latency_s),
                 {**os.environ},
-            )  # fmt: skip
-            self._wait(f"{self.upstream_url}/models", up, 30)
+            )
+            self._wait("the scripted upstream", f"{self.upstream_url}/models", up, 30)
             svc = self._spawn("service", ["-m", "service"], self.service_env(), c.service_dir)
-            self._wait(f"{self.base_url}/readyz", svc, c.ready_timeout_s)
+            self._wait("the service", f"{self.base_url}/readyz", svc, c.ready_timeout_s)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait(self, url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
+    def _wait(self, name: str, url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
         headers = {"authorization": f"Bearer {self.api_key}"}
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{' '.join(proc.args[1:3])} exited with {proc.returncode}")  # type: ignore[index]
-            try:
-                if httpx.get(url, headers=headers, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"{url} not ready after {timeout_s:.0f}s")
+        wait_until_up(
+            url, timeout_s=timeout_s, proc=proc, headers=headers, name=name, interval_s=0.2
+        )
 
     def stop(self) -> None:
         """Stop the service first (it removes its sandboxes), then the upstream; check leaks."""
@@ -147,7 +132,7 @@ class LocalStack:
                     proc.wait(timeout=10)
         self._procs.clear()
         for f in self._logs:
-            f.close()  # type: ignore[attr-defined]
+            f.close()
         self._logs.clear()
         if self.cfg.sandbox == "docker":
             self.leftovers = remove_containers(self.instance)
@@ -176,27 +161,23 @@ def remove_containers(instance: str) -> list[str]:
     return ids
 
 
+def _upstream_args(port: int, policy: str, latency_s: float) -> list[str]:
+    """``python`` arguments that serve the scripted upstream with a policy on ``port``."""
+    return ["-m", "loadtest.serve_upstream", "--port", str(port),
+            "--latency", str(latency_s), "--policy", policy]  # fmt: skip
+
+
 @contextlib.contextmanager
 def upstream_process(policy: str, latency_s: float = 0.0) -> Iterator[str]:
     """Only the scripted upstream, as a subprocess; yields its base URL (``.../v1``)."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "loadtest.serve_upstream", "--port", str(port),
-         "--latency", str(latency_s), "--policy", policy],
+        [sys.executable, *_upstream_args(port, policy, latency_s)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("scripted upstream did not start")
-            time.sleep(0.1)
+        wait_until_up(f"{url}/models", timeout_s=30, proc=proc, name="the scripted upstream")
         yield url
     finally:
         proc.terminate()

@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import re
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -26,19 +27,23 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 
 @dataclass
 class Reply:
-    """A scripted answer: text, or an HTTP error status to send instead."""
+    """A scripted answer: text, or an HTTP error status to send instead, or ``raw`` bytes
+    sent as the body with ``status`` (a misbehaving upstream or proxy)."""
 
     text: str = ""
     status: int = 200
     finish_reason: str = "stop"
     delay_s: float = 0.0
+    raw: bytes | None = None
+    content_type: str = "application/json"
 
 
 Policy = Callable[[dict[str, Any]], "str | Reply"]
@@ -48,7 +53,8 @@ def count_tokens(text: str) -> int:
     return max(1, (len(text) + 3) // 4)
 
 
-def _text_of(message: dict[str, Any]) -> str:
+def text_of(message: dict[str, Any]) -> str:
+    """A chat message's text: its string content, or its text parts joined."""
     content = message.get("content")
     if isinstance(content, list):
         return "".join(p.get("text", "") for p in content if isinstance(p, dict))
@@ -58,7 +64,7 @@ def _text_of(message: dict[str, Any]) -> str:
 def is_root_request(body: dict[str, Any]) -> bool:
     """Root-loop calls carry the RLM system prompt; sub-calls are a bare user message."""
     msgs = body.get("messages") or []
-    return bool(msgs) and msgs[0].get("role") == "system" and "```repl" in _text_of(msgs[0])
+    return bool(msgs) and msgs[0].get("role") == "system" and "```repl" in text_of(msgs[0])
 
 
 NEEDLE_CODE = """```repl
@@ -69,18 +75,23 @@ print("FOUND", match.group(1) if match else "nothing")
 ```"""
 
 
+def sub_answer(body: dict[str, Any]) -> str:
+    """The scripted sub-model's reply: a short deterministic echo of the prompt."""
+    prompt = text_of((body.get("messages") or [{}])[-1])
+    return f"sub-answer: {prompt[:60]}"
+
+
 def needle_policy(body: dict[str, Any]) -> str:
     """Find 'the magic number is N' in ``context``: one search iteration, then FINAL(N)."""
     if not is_root_request(body):
-        prompt = _text_of((body.get("messages") or [{}])[-1])
-        return f"sub-answer: {prompt[:60]}"
+        return sub_answer(body)
     msgs = body["messages"]
     for msg in reversed(msgs):
-        text = _text_of(msg)
+        text = text_of(msg)
         found = re.search(r"FOUND (\d+|nothing)", text)
         if msg.get("role") == "user" and found:
             return f"The search printed the number.\nFINAL({found.group(1)})"
-    if "final answer" in _text_of(msgs[-1]).lower() and "provide" in _text_of(msgs[-1]).lower():
+    if "final answer" in text_of(msgs[-1]).lower() and "provide" in text_of(msgs[-1]).lower():
         return "FINAL(unknown)"
     return "Let me search the context for the magic number.\n" + NEEDLE_CODE
 
@@ -124,7 +135,7 @@ def build_app(upstream: ScriptedUpstream) -> FastAPI:
         }
 
     @app.post("/v1/chat/completions")
-    async def chat(request: Request) -> JSONResponse:
+    async def chat(request: Request) -> Response:
         body = await request.json()
         stats = upstream.stats
         stats.calls += 1
@@ -141,6 +152,8 @@ def build_app(upstream: ScriptedUpstream) -> FastAPI:
                 await asyncio.sleep(delay)
         finally:
             stats.in_flight -= 1
+        if reply.raw is not None:
+            return Response(reply.raw, status_code=reply.status, media_type=reply.content_type)
         if reply.status != 200:
             return JSONResponse(
                 {
@@ -153,7 +166,7 @@ def build_app(upstream: ScriptedUpstream) -> FastAPI:
                 },
                 status_code=reply.status,
             )
-        prompt_tokens = sum(count_tokens(_text_of(m)) for m in body.get("messages") or [])
+        prompt_tokens = sum(count_tokens(text_of(m)) for m in body.get("messages") or [])
         completion_tokens = count_tokens(reply.text)
         stats.prompt_tokens += prompt_tokens
         stats.completion_tokens += completion_tokens
@@ -217,6 +230,39 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class NotUp(RuntimeError):
+    """A server did not answer in time, or its process exited before it did."""
+
+
+def wait_until_up(
+    url: str,
+    *,
+    timeout_s: float,
+    proc: subprocess.Popen[Any] | None = None,
+    headers: dict[str, str] | None = None,
+    name: str = "the server",
+    interval_s: float = 0.1,
+) -> None:
+    """Poll ``GET url`` until it answers 200 (a server started as a subprocess).
+
+    Raises NotUp when ``proc`` exits first or ``timeout_s`` passes; the message names the
+    server, its exit code or the URL. One loop for the local stack, the benchmarks and the
+    tests that start ``python -m service``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise NotUp(f"{name} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, headers=headers, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise NotUp(f"{name} not ready at {url} after {timeout_s:.0f} s")
+        time.sleep(interval_s)
 
 
 class ScriptedUpstream:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service.constants import DEFAULT_SANDBOX_IMAGE
+# The sandbox image tag launched by default (the service's RLM_SANDBOX_IMAGE default, and the
+# tag `make image` builds). Owned here, the lowest layer that needs it.
+DEFAULT_SANDBOX_IMAGE = "rlm-sandbox:latest"
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ is removed before the process exits.
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
@@ -17,6 +18,18 @@ from service import logs
 from service.app import begin_drain, create_app
 from service.config import Settings
 
+# The kernel's OOM killer picks the highest score first: the service (which holds every
+# session) last, its sandboxes (oom_score_adj 1000 in their container spec) first.
+SERVICE_OOM_SCORE_ADJ = -500
+
+
+def _last_for_the_oom_killer() -> None:
+    try:
+        with open("/proc/self/oom_score_adj", "w", encoding="ascii") as f:
+            f.write(str(SERVICE_OOM_SCORE_ADJ))
+    except OSError as exc:  # lowering needs CAP_SYS_RESOURCE: not fatal, but say so
+        logging.getLogger("service").warning("could not lower the OOM score: %s", exc)
+
 
 def main() -> int:
     try:
@@ -25,7 +38,12 @@ def main() -> int:
         print(f"rlm-py: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     logs.setup(settings.rlm_log_level)
-    app = create_app(settings)
+    _last_for_the_oom_killer()
+    try:
+        app = create_app(settings)
+    except ValueError as exc:  # e.g. an unusable RLM_SESSION_STORE
+        print(f"rlm-py: invalid configuration: {exc}", file=sys.stderr)
+        return 2
     config = uvicorn.Config(
         app,
         host=settings.rlm_host,

@@ -21,14 +21,27 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sandbox.pool import SandboxPool
+from service.admission import Admission
+from service.api import chat as chat_routes
+from service.api import ops as ops_routes
+from service.api import sessions as session_routes
+from service.api.deps import Services
 from service.chat import ChatService
 from service.config import Settings
-from service.constants import REQUEST_ID_HEADER, SESSION_HEADER, SHOULD_RETRY_HEADER
+from service.constants import (
+    HEALTH_PATH,
+    READY_PATH,
+    REQUEST_ID_HEADER,
+    SESSION_HEADER,
+    SHOULD_RETRY_HEADER,
+)
+from service.durability import Durability, holder_name
 from service.errors import BadRequest, NotFound, ServiceError
 from service.metrics import Metrics
 from service.rlm.engine import EngineConfig, RLMEngine
 from service.rlm.upstream import Upstream
-from service.sessions import Admission, SessionStore
+from service.sessions import SessionStore
+from service.store import open_store
 
 log = logging.getLogger("service")
 _RID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
@@ -84,7 +97,7 @@ class RequestContext:
             )
             self.metrics.requests.labels(path, scope["method"], str(status)).inc()
             self.metrics.latency.labels(path, str(status)).observe(elapsed)
-            if path not in ("/metrics", "/healthz", "/readyz"):
+            if path not in ("/metrics", HEALTH_PATH, READY_PATH):
                 state = scope.get("state", {})
                 log.info(
                     "request",
@@ -102,25 +115,29 @@ def begin_drain(app: FastAPI) -> None:
 
     Safe to call from a signal handler.
     """
-    admission = app.state.admission
-    if admission.draining:
+    svc: Services = app.state.services
+    if svc.admission.draining:
         return
-    admission.draining = True
-    loop = app.state.loop
+    svc.admission.draining = True
+    loop = svc.loop
     if loop is None:
         return
 
     def cancel_inflight() -> None:
-        for task in list(app.state.inflight):
+        for task in list(svc.inflight):
             task.cancel()
 
-    grace = app.state.settings.rlm_shutdown_grace_s
+    grace = svc.settings.rlm_shutdown_grace_s
     loop.call_soon_threadsafe(loop.call_later, grace, cancel_inflight)
 
 
 def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
-    pool = SandboxPool(settings.sandbox_config(), settings.rlm_sandbox_pool_size)
+    pool = SandboxPool(
+        settings.sandbox_config(),
+        settings.rlm_sandbox_pool_size,
+        on_started=metrics.sandbox_start.observe,
+    )
     upstream = Upstream(
         api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
         base_url=settings.openai_base_url,
@@ -128,29 +145,63 @@ def create_app(settings: Settings) -> FastAPI:
         retries=settings.rlm_upstream_retries,
         concurrency=settings.rlm_upstream_concurrency,
     )
+    upstream.on_completion = lambda c: metrics.observe_completion(
+        c.model, c.prompt_tokens, c.completion_tokens
+    )
     engine = RLMEngine(
         upstream,
         EngineConfig(
             root_model=settings.rlm_root_model,
             sub_model=settings.rlm_sub_model,
             output_max_chars=settings.rlm_output_max_chars,
-            exec_timeout_s=settings.rlm_exec_timeout_s,
             batch_concurrency=settings.rlm_batch_concurrency,
+            allowed_models=settings.sub_models,
         ),
     )
-    admission = Admission(settings.rlm_max_running, settings.rlm_max_queued)
-    sessions = SessionStore(
-        pool, max_sessions=settings.rlm_max_sessions, ttl_s=settings.rlm_session_ttl_s
+    admission = Admission(
+        settings.rlm_max_running, settings.rlm_max_queued, per_key=settings.running_per_key
     )
-    chat = ChatService(settings, engine, pool, admission, metrics)
+    store, leases = open_store(
+        settings.rlm_session_store,
+        lease_table=settings.rlm_session_lease_table,
+        max_blob_bytes=settings.rlm_snapshot_max_mb * 2**20,
+    )
+    durability = Durability(
+        store,
+        leases,
+        holder=holder_name(settings.rlm_instance),
+        max_snapshot_bytes=settings.rlm_snapshot_max_mb * 2**20,
+    )
+    sessions = SessionStore(
+        pool,
+        max_sessions=settings.rlm_max_sessions,
+        ttl_s=settings.rlm_session_ttl_s,
+        per_key=settings.sessions_per_key,
+        durability=durability,
+        idle_s=settings.rlm_session_idle_s,
+    )
+    chat = ChatService(settings, engine, pool, admission, metrics, durability)
+    svc = Services(
+        settings=settings,
+        metrics=metrics,
+        pool=pool,
+        sessions=sessions,
+        admission=admission,
+        chat=chat,
+    )
     metrics.bind_gauges(
-        sessions=lambda: len(sessions), idle=lambda: pool.idle, busy=lambda: pool.in_use,
-        starting=lambda: pool.starting, queued=lambda: admission.queued, running=lambda: admission.running,
-    )  # fmt: skip
+        sessions=lambda: len(sessions),
+        idle=lambda: pool.idle,
+        busy=lambda: pool.in_use,
+        starting=lambda: pool.starting,
+        queued=lambda: admission.queued,
+        running=lambda: admission.running,
+        upstream_in_flight=lambda: upstream.in_flight,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.loop = asyncio.get_running_loop()
+        svc.loop = asyncio.get_running_loop()
         await pool.start()
         sessions.start()
         try:
@@ -166,16 +217,12 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         description="Recursive Language Models behind an OpenAI-compatible API",
         lifespan=lifespan,
+        # Off loopback only the public surface answers without a key: no schema browsing.
+        docs_url=None if settings.public_bind else "/docs",
+        redoc_url=None if settings.public_bind else "/redoc",
+        openapi_url=None if settings.public_bind else "/openapi.json",
     )
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.pool = pool
-    app.state.sessions = sessions
-    app.state.admission = admission
-    app.state.chat = chat
-    app.state.upstream = upstream
-    app.state.inflight = set()
-    app.state.loop = None
+    app.state.services = svc
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
@@ -206,9 +253,8 @@ def create_app(settings: Settings) -> FastAPI:
             ServiceError("internal error; see the service log for the request id")
         )
 
-    from service.api import routes
-
-    app.include_router(routes.router)
+    for router in (chat_routes.router, session_routes.router, ops_routes.router):
+        app.include_router(router)
     with contextlib.suppress(ImportError):
         from service.ui import routes as ui_routes
 

@@ -10,7 +10,6 @@ run, so clients are told not to retry automatically.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -20,21 +19,26 @@ from typing import Any
 
 from sandbox.errors import SandboxError, SandboxLost
 from sandbox.pool import SandboxPool
+from service.admission import Admission, refuse_below_memory_floor
 from service.api.protocol import ChatCompletionRequest
 from service.config import Settings
+from service.durability import Durability
 from service.errors import (
     BadRequest,
     DeadlineExceeded,
     NotFound,
     SandboxFailure,
     ServiceError,
+    SessionLost,
     UpstreamError,
 )
 from service.metrics import Metrics
+from service.rlm import prompts
 from service.rlm.budget import Budget
 from service.rlm.engine import RLMEngine
+from service.rlm.events import Event, EventSink
 from service.rlm.trajectory import Redactor, TrajectoryWriter
-from service.sessions import Admission, RunRecord, Session
+from service.sessions import RunRecord, Session
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,7 @@ class TurnResult:
     finish_reason: str
     usage: dict[str, int]
     rlm: dict[str, Any]
-    trajectory: list[dict[str, Any]] | None = None
+    trajectory: list[Event] | None = None
 
 
 def query_and_context(req: ChatCompletionRequest) -> tuple[str, Any]:
@@ -71,8 +75,10 @@ class ChatService:
         pool: SandboxPool,
         admission: Admission,
         metrics: Metrics,
+        durability: Durability | None = None,
     ) -> None:
         self.settings = settings
+        self.durability = durability
         self.engine = engine
         self.pool = pool
         self.admission = admission
@@ -89,19 +95,33 @@ class ChatService:
             )
 
     async def complete(
-        self, req: ChatCompletionRequest, session: Session, *, reset: bool, request_id: str
+        self,
+        req: ChatCompletionRequest,
+        session: Session,
+        *,
+        reset: bool,
+        request_id: str,
+        on_event: EventSink | None = None,
     ) -> TurnResult:
-        """Run one turn; raise ServiceError subclasses on failure."""
-        self.check_model(req.model)
+        """Run one turn; raise ServiceError subclasses on failure.
+
+        The caller has checked the model (``check_model``) before opening the session.
+        ``on_event`` sees every trajectory event as it happens (streaming progress).
+        """
         query, context = query_and_context(req)
         opts = req.rlm
-        async with self.admission.slot(), session.turn(self.settings.rlm_session_queue):
+        # The session's turn first, then a run slot: requests queued behind their own
+        # session hold no slot while they wait.
+        async with (
+            session.turn(self.settings.rlm_session_queue),
+            self.admission.slot(session.owner),
+        ):
             record = RunRecord(id=f"traj-{uuid.uuid4().hex[:16]}", query=query)
             session.runs.append(record)
             t0 = time.perf_counter()
             try:
                 result = await asyncio.wait_for(
-                    self._turn(req, session, query, context, reset, record),
+                    self._turn(req, session, query, context, reset, record, on_event),
                     self.settings.rlm_request_timeout_s + 5,
                 )
             except TimeoutError:
@@ -128,38 +148,75 @@ class ChatService:
             record.finish("done")
             return result
 
+    def _sandbox_failure(self, exc: SandboxError, *, code_ran: bool) -> SandboxFailure:
+        """The one translation of a sandbox fault into the service's error (and its metric).
+
+        A sandbox that could not be had (runtime down, start failed) is worth retrying soon:
+        503 with ``Retry-After``. One lost while code ran is not retried automatically.
+        """
+        self.metrics.sandbox_faults.labels(exc.kind).inc()
+        if code_ran:
+            return SandboxFailure(str(exc), code=exc.kind, code_ran=True)
+        return SandboxFailure(
+            f"no sandbox available: {exc}", code="sandbox_unavailable", retry_after=5
+        )
+
     async def _ensure_sandbox(self, session: Session, reset: bool) -> None:
+        """A live sandbox for this turn: the session's own, a fresh one (new session, reset)
+        or one restored from its snapshot (hibernated here or anywhere else). A session whose
+        sandbox died is never continued on an empty one: 410 with the reason, until the
+        client resets it."""
         handle = session.sandbox
         if handle is not None:
             await handle.quiesce()
-        if handle is not None and not handle.alive:
+        if handle is not None and not handle.alive:  # it died between turns
+            session.lost_reason = str(handle.lost_error or "its sandbox stopped")
             session.sandbox = None
-            session.turns = 0
+            await self.pool.release(handle)
             handle = None
-        if handle is None:
-            try:
-                session.sandbox = await self.pool.acquire()
-            except SandboxError as exc:
-                self.metrics.sandbox_faults.labels(exc.kind).inc()
-                raise SandboxFailure(f"no sandbox available: {exc}", code=exc.kind) from exc
-            session.turns = 0
-            session.lost_reason = None
-            # Name the container after its session so operators can find it (off the hot path).
-            rename = getattr(session.sandbox.process, "rename", None)
-            if rename is not None:
-                task = asyncio.get_running_loop().create_task(
-                    rename(f"rlm-{self.settings.rlm_instance}-{session.id}"[:128])
-                )
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
-        elif reset:
+        if session.lost_reason is not None and not reset:
+            raise SessionLost(
+                f"session {session.id} lost its state: {session.lost_reason}. Start it over "
+                "with a reset (x-rlm-reset: true) or open a new session"
+            )
+        if handle is not None and reset:
             try:
                 await handle.reset()
+                session.turns = 0
+                return
             except SandboxError:  # it died meanwhile: a fresh sandbox is a reset too
                 session.sandbox = None
                 await self.pool.release(handle)
-                await self._ensure_sandbox(session, reset=False)
-            session.turns = 0
+                handle = None
+        if handle is not None:
+            return
+        durability = self.durability
+        if durability is not None and session.lease is None:
+            session.lease = await durability.claim(session.owner, session.id)
+        refuse_below_memory_floor(self.settings.rlm_min_free_mb)
+        try:
+            handle = session.sandbox = await self.pool.acquire()
+        except SandboxError as exc:
+            raise self._sandbox_failure(exc, code_ran=False) from exc
+        session.turns = 0
+        session.lost_reason = None
+        if session.hibernated and not reset and durability is not None:
+            assert session.lease is not None
+            restored = await durability.load(session.lease, handle)
+            if restored is not None:
+                session.turns = restored.turns
+                session.snapshot_at = restored.saved_at
+                session.notice = prompts.restored_notice(restored.unpicklable)
+                self.metrics.restores.inc()
+        session.hibernated = False
+        # Name the container after its session so operators can find it (off the hot path).
+        rename = getattr(handle.process, "rename", None)
+        if rename is not None:
+            task = asyncio.get_running_loop().create_task(
+                rename(f"rlm-{self.settings.rlm_instance}-{session.id}"[:128])
+            )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def _turn(
         self,
@@ -169,9 +226,11 @@ class ChatService:
         context: Any,
         reset: bool,
         record: RunRecord,
+        on_event: EventSink | None = None,
     ) -> TurnResult:
         s = self.settings
         opts = req.rlm
+        created, session.new = session.new, False
         await self._ensure_sandbox(session, reset)
         sandbox = session.sandbox
         assert sandbox is not None
@@ -195,26 +254,27 @@ class ChatService:
             else None
         )
 
-        def emit(ev: dict[str, Any]) -> None:
+        def emit(ev: Event) -> None:
             record.add_event(ev)
             if writer is not None:
                 writer(ev)
+            if on_event is not None:
+                on_event(ev)
 
         try:
             info = await sandbox.load(context, "root", (f"context_{turn}", "context"))
+            notice, session.notice = session.notice, None
             result = await self.engine.run(
-                query=query, sandbox=sandbox, context_info=info, budget=budget, emit=emit, turn=turn,
+                query=query, sandbox=sandbox, context_info=info, budget=budget, emit=emit,
+                turn=turn, notice=notice,
             )  # fmt: skip
             await sandbox.load(result.answer, "root", (f"history_{turn}",))
-        except SandboxLost as exc:
-            session.sandbox = None
-            session.lost_reason = str(exc)
-            self.metrics.sandbox_faults.labels(exc.kind).inc()
-            await self.pool.release(sandbox)
-            raise SandboxFailure(str(exc), code=exc.kind, code_ran=True) from exc
         except SandboxError as exc:
-            self.metrics.sandbox_faults.labels(exc.kind).inc()
-            raise SandboxFailure(str(exc), code=exc.kind, code_ran=True) from exc
+            if isinstance(exc, SandboxLost):
+                session.sandbox = None
+                session.lost_reason = str(exc)
+                await self.pool.release(sandbox)
+            raise self._sandbox_failure(exc, code_ran=True) from exc
         except UpstreamError as exc:
             exc.code_ran = True
             raise
@@ -226,9 +286,6 @@ class ChatService:
                 "total_tokens": u.total_tokens,
             }
             record.sub_calls = budget.sub_calls
-            self.metrics.upstream_calls.labels("all").inc(u.calls)
-            self.metrics.tokens.labels("prompt").inc(u.prompt_tokens)
-            self.metrics.tokens.labels("completion").inc(u.completion_tokens)
             if writer is not None:
                 await asyncio.to_thread(writer.write)
         session.turns = turn + 1
@@ -242,6 +299,7 @@ class ChatService:
             usage=dict(record.usage),
             rlm={
                 "session_id": session.id,
+                "session_created": created,
                 "turn": turn,
                 "iterations": result.iterations,
                 "sub_calls": budget.sub_calls,
@@ -251,13 +309,3 @@ class ChatService:
                 "trajectory_file": str(Path(writer.path)) if writer else None,
             },
         )
-
-
-def sse(data: dict[str, Any] | str) -> bytes:
-    """One Server-Sent Event ``data:`` line."""
-    payload = (
-        data
-        if isinstance(data, str)
-        else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    )
-    return f"data: {payload}\n\n".encode()

@@ -12,8 +12,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from sandbox.config import SandboxConfig
-from service.constants import DEFAULT_PORT, DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_SANDBOX_IMAGE
+from sandbox.config import DEFAULT_SANDBOX_IMAGE, SandboxConfig
+from service.constants import DEFAULT_PORT, DEFAULT_REQUEST_TIMEOUT_S
 
 
 class Settings(BaseSettings):
@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     rlm_root_model: str = "gpt-5"
     rlm_sub_model: str = "gpt-5-mini"
     rlm_served_models: str = Field("", description="comma list; default: 'rlm' and the root model")
+    rlm_sub_models: str = Field(
+        "", description="comma list sandbox code may name; default: sub, root"
+    )
     rlm_upstream_timeout_s: float = Field(600.0, gt=0)
     rlm_upstream_retries: int = Field(3, ge=0, le=10)
     rlm_upstream_concurrency: int = Field(64, ge=1)
@@ -66,7 +69,17 @@ class Settings(BaseSettings):
     rlm_max_queued: int = Field(256, ge=0)
     rlm_session_queue: int = Field(8, ge=1)
     rlm_max_sessions: int = Field(256, ge=1)
-    rlm_session_ttl_s: float = Field(3600.0, gt=0)
+    # One key's share (0: three quarters of the host's RLM_MAX_SESSIONS / RLM_MAX_RUNNING).
+    rlm_max_sessions_per_key: int = Field(0, ge=0)
+    rlm_max_running_per_key: int = Field(0, ge=0)
+    # New sandboxes are refused (429) while the host's available memory is below this.
+    rlm_min_free_mb: int = Field(512, ge=0)
+    rlm_session_ttl_s: float = Field(86400.0, gt=0)
+    rlm_session_idle_s: float = Field(300.0, gt=0)
+    rlm_session_store: str | None = None
+    rlm_session_lease_table: str | None = None
+    rlm_snapshot_max_mb: int = Field(1024, ge=1)
+    rlm_cookie_sessions: bool = False
     rlm_shutdown_grace_s: float = Field(30.0, ge=0)
 
     @field_validator(
@@ -74,6 +87,8 @@ class Settings(BaseSettings):
         "openai_base_url",
         "rlm_trajectory_dir",
         "rlm_max_total_tokens",
+        "rlm_session_store",
+        "rlm_session_lease_table",
         mode="before",
     )
     @classmethod
@@ -96,6 +111,24 @@ class Settings(BaseSettings):
     @property
     def api_keys(self) -> list[str]:
         return [k.strip() for k in self.rlm_api_keys.get_secret_value().split(",") if k.strip()]
+
+    @property
+    def sub_models(self) -> tuple[str, ...]:
+        """Models sandbox code may name; empty means the sub and the root model."""
+        return tuple(m.strip() for m in self.rlm_sub_models.split(",") if m.strip())
+
+    @property
+    def sessions_per_key(self) -> int:
+        return self.rlm_max_sessions_per_key or max(1, self.rlm_max_sessions * 3 // 4)
+
+    @property
+    def running_per_key(self) -> int:
+        return self.rlm_max_running_per_key or max(1, self.rlm_max_running * 3 // 4)
+
+    @property
+    def public_bind(self) -> bool:
+        """Serving off loopback: only the public surface answers without a key."""
+        return not _is_loopback(self.rlm_host)
 
     @property
     def served_models(self) -> list[str]:

@@ -4,6 +4,26 @@ The load balancer's stickiness cookie (infra/) and the service's session cookie 
 same string, so both import it from here.
 """
 
+# The sandbox image tag is the sandbox layer's; deployment reads it from here with the rest.
+from sandbox.config import DEFAULT_SANDBOX_IMAGE
+
+__all__ = [
+    "DEFAULT_PORT",
+    "DEFAULT_REQUEST_TIMEOUT_S",
+    "DEFAULT_SANDBOX_IMAGE",
+    "HEALTH_PATH",
+    "READY_PATH",
+    "REQUEST_ID_HEADER",
+    "RESET_HEADER",
+    "SESSION_COOKIE",
+    "SESSION_HEADER",
+    "SHOULD_RETRY_HEADER",
+    "SSM_AMI_PARAM",
+    "SSM_OPENAI_API_KEY",
+    "SSM_PREFIX",
+    "SSM_RLM_API_KEYS",
+]
+
 SESSION_COOKIE = "rlm_session"
 SESSION_HEADER = "x-rlm-session-id"
 RESET_HEADER = "x-rlm-reset"
@@ -19,5 +39,3 @@ SSM_PREFIX = "/rlm-py"
 SSM_OPENAI_API_KEY = f"{SSM_PREFIX}/OPENAI_API_KEY"
 SSM_RLM_API_KEYS = f"{SSM_PREFIX}/RLM_API_KEYS"
 SSM_AMI_PARAM = SSM_PREFIX + "/ami/{arch}"
-# The sandbox image tag the service runs by default.
-DEFAULT_SANDBOX_IMAGE = "rlm-sandbox:latest"

@@ -5,6 +5,7 @@
     ├── Unauthorized         401 authentication_error
     ├── NotFound             404 not_found_error   (unknown model, session of another key)
     ├── Conflict             409 invalid_request_error (deleting a busy session)
+    ├── SessionLost          410 invalid_request_error (a known session whose state is gone)
     ├── PayloadTooLarge      413 invalid_request_error
     ├── Overloaded           429 rate_limit_error  (queue full; Retry-After)
     ├── ShuttingDown         503 service_unavailable (draining; Retry-After)
@@ -103,6 +104,15 @@ class DeadlineExceeded(ServiceError):
     status = 504
     type = "timeout"
     code = "request_timeout"
+
+
+class SessionLost(ServiceError):
+    """The session existed but its state is gone (its sandbox died, it was evicted, expired
+    or deleted): never answered from an empty REPL under the old id. A reset starts over."""
+
+    status = 410
+    type = "invalid_request_error"
+    code = "session_lost"
 
 
 class Conflict(ServiceError):

@@ -42,9 +42,14 @@ class Metrics:
         self.queue_depth = Gauge("rlm_queue_depth", "Requests waiting for a run slot", registry=r)
         self.running = Gauge("rlm_requests_running", "RLM requests running", registry=r)
         self.upstream_calls = Counter(
-            "rlm_upstream_calls_total", "Upstream model calls", ["kind"], registry=r
+            "rlm_upstream_calls_total", "Upstream model calls, by model", ["model"], registry=r
         )
-        self.tokens = Counter("rlm_tokens_total", "Upstream tokens", ["kind"], registry=r)
+        self.upstream_in_flight = Gauge(
+            "rlm_upstream_in_flight", "Upstream model calls in flight", registry=r
+        )
+        self.tokens = Counter(
+            "rlm_tokens_total", "Upstream tokens, by model and kind", ["model", "kind"], registry=r
+        )
         self.errors = Counter("rlm_errors_total", "Errors returned, by type", ["type"], registry=r)
         self.sandbox_faults = Counter(
             "rlm_sandbox_faults_total", "Sandbox faults by kind", ["kind"], registry=r
@@ -58,6 +63,12 @@ class Metrics:
             buckets=(1, 2, 3, 5, 8, 13, 20, 50, 100),
             registry=r,
         )
+        self.hibernations = Counter(
+            "rlm_session_hibernations_total", "Sessions snapshotted and closed", registry=r
+        )
+        self.restores = Counter(
+            "rlm_session_restores_total", "Sessions restored from a snapshot", registry=r
+        )
         self.sandbox_start = Histogram(
             "rlm_sandbox_start_seconds", "Sandbox start time",
             buckets=(0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10), registry=r,
@@ -65,7 +76,8 @@ class Metrics:
 
     def bind_gauges(self, *, sessions: Callable[[], int], idle: Callable[[], int],
                     busy: Callable[[], int], starting: Callable[[], int],
-                    queued: Callable[[], int], running: Callable[[], int]) -> None:  # fmt: skip
+                    queued: Callable[[], int], running: Callable[[], int],
+                    upstream_in_flight: Callable[[], int]) -> None:  # fmt: skip
         """Gauges read live values at scrape time."""
         self.sessions.set_function(sessions)
         self.sandboxes.labels("idle").set_function(idle)
@@ -73,3 +85,10 @@ class Metrics:
         self.sandboxes.labels("starting").set_function(starting)
         self.queue_depth.set_function(queued)
         self.running.set_function(running)
+        self.upstream_in_flight.set_function(upstream_in_flight)
+
+    def observe_completion(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
+        """One upstream call finished (root, sub-call or recursive run alike)."""
+        self.upstream_calls.labels(model).inc()
+        self.tokens.labels(model, "prompt").inc(prompt_tokens)
+        self.tokens.labels(model, "completion").inc(completion_tokens)

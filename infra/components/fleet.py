@@ -11,6 +11,11 @@ import pulumi_aws as aws
 from infra.components.host_role import HostRole, HostRoleArgs
 from infra.config import ArchConfig, FleetMode, GroupSize
 
+# One entry of a mixed-instances policy: which launch template, at which version.
+_TemplateSpec = (
+    aws.autoscaling.GroupMixedInstancesPolicyLaunchTemplateLaunchTemplateSpecificationArgsDict
+)
+
 
 @dataclass
 class FleetArgs:
@@ -136,7 +141,7 @@ class Fleet(pulumi.ComponentResource):
     def _group(
         self, name: str, archs: list[ArchConfig], size: GroupSize, args: FleetArgs
     ) -> aws.autoscaling.Group:
-        def spec(arch: ArchConfig) -> dict:
+        def spec(arch: ArchConfig) -> _TemplateSpec:
             template = self.launch_templates[arch.arch]
             # A version number, not "$Latest": a new version then changes the group's
             # configuration, which is what triggers the instance refresh.

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
+from ami.constants import EC2_TRUST_POLICY
+
 # The minimum Session Manager needs (AWS's "minimal permissions" for the SSM agent). Not the
 # managed AmazonSSMManagedInstanceCore policy: that one also allows ssm:GetParameter(s) on
 # every parameter in the account, which would break "read our own parameters only".
@@ -47,18 +49,7 @@ class HostRole(pulumi.ComponentResource):
         self.role = aws.iam.Role(
             name,
             description="rlm-py fleet hosts",
-            assume_role_policy=json.dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Principal": {"Service": "ec2.amazonaws.com"},
-                            "Action": "sts:AssumeRole",
-                        }
-                    ],
-                }
-            ),
+            assume_role_policy=EC2_TRUST_POLICY,
             opts=child,
         )
         aws.iam.RolePolicy(

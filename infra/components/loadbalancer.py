@@ -88,7 +88,9 @@ class LoadBalancer(pulumi.ComponentResource):
             },
             opts=child,
         )
-        forward = [{"type": "forward", "target_group_arn": self.target_group.arn}]
+        forward: list[aws.lb.ListenerDefaultActionArgsDict] = [
+            {"type": "forward", "target_group_arn": self.target_group.arn}
+        ]
         if args.certificate_arn is None:
             aws.lb.Listener(
                 f"{name}-http",

@@ -44,11 +44,7 @@ class Network(pulumi.ComponentResource):
             self.vpc_id = vpc.id
             # One default subnet per availability zone: public, so the ALB can face the internet.
             self.subnet_ids = aws.ec2.get_subnets_output(
-                filters=[
-                    {"name": "vpc-id", "values": [vpc.id]},
-                    {"name": "default-for-az", "values": ["true"]},
-                ],
-                opts=invoke_opts,
+                filters=vpc.id.apply(_default_subnet_filters), opts=invoke_opts
             ).ids
         self.host_subnet_ids = (
             pulumi.Output.from_input(args.host_subnet_ids)
@@ -62,3 +58,11 @@ class Network(pulumi.ComponentResource):
                 "host_subnet_ids": self.host_subnet_ids,
             }
         )
+
+
+def _default_subnet_filters(vpc_id: str) -> list[aws.ec2.GetSubnetsFilterArgsDict]:
+    """The default VPC's default subnets: one per availability zone."""
+    return [
+        {"name": "vpc-id", "values": [vpc_id]},
+        {"name": "default-for-az", "values": ["true"]},
+    ]

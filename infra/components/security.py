@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import pulumi
 import pulumi_aws as aws
@@ -111,7 +112,14 @@ class Security(pulumi.ComponentResource):
         self.register_outputs({"alb_sg_id": self.alb_sg.id, "host_sg_id": self.host_sg.id})
 
 
-def _cidr_field(cidr: str) -> dict[str, str]:
+class _CidrField(TypedDict, total=False):
+    """Exactly one of a rule's two CIDR arguments (typed, so ``**`` keeps its keyword check)."""
+
+    cidr_ipv4: str
+    cidr_ipv6: str
+
+
+def _cidr_field(cidr: str) -> _CidrField:
     """The rule argument for a CIDR: `cidr_ipv6` for IPv6 blocks, `cidr_ipv4` otherwise."""
     if ipaddress.ip_network(cidr, strict=False).version == 6:
         return {"cidr_ipv6": cidr}

@@ -11,16 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ami.constants import ubuntu_ami_param
 from infra.ec2.errors import NotFound, UsageError
 from service.constants import SSM_AMI_PARAM
 
 # Returns a parameter's value, or None when the parameter does not exist.
 ParamGetter = Callable[[str], str | None]
-
-CANONICAL_PARAM = (
-    "/aws/service/canonical/ubuntu/server/24.04/stable/current/{arch}/hvm/ebs-gp3/ami-id"
-)
-_CANONICAL_ARCH = {"arm64": "arm64", "x86_64": "amd64"}
 
 
 @dataclass(frozen=True)
@@ -38,7 +34,7 @@ def baked_param(arch: str) -> str:
 
 def canonical_param(arch: str) -> str:
     try:
-        return CANONICAL_PARAM.format(arch=_CANONICAL_ARCH[arch])
+        return ubuntu_ami_param(arch)
     except KeyError:
         raise UsageError(f"unknown arch {arch!r}: use arm64 or x86_64") from None
 

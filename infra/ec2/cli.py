@@ -36,10 +36,11 @@ import shlex
 import sys
 from collections.abc import Sequence
 
+from ami.constants import ARCHES
 from infra.ec2 import host
 from infra.ec2.deps import Deps
 from infra.ec2.errors import CommandFailed, Ec2Error, NotFound, UsageError
-from infra.ec2.settings import ARCHES, DEFAULT_INSTANCE_TYPES, DEFAULT_ROOT_GB, NAME, SSH_USER
+from infra.ec2.settings import DEFAULT_INSTANCE_TYPES, DEFAULT_ROOT_GB, NAME, SSH_USER
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,7 +1,8 @@
 """Fixed names and defaults of the dev instance, and the timing knobs of waits and retries.
 
 Names shared with the service and the AMI build (port, SSM parameter of the baked AMI) come
-from `service.constants`; only what is particular to the single dev instance lives here.
+from `service.constants`, the architectures and the stock Ubuntu image from `ami.constants`;
+only what is particular to the single dev instance lives here.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from dataclasses import dataclass, field
 # how every command tells "our" instance from anything else in the account.
 NAME = "rlm-py"
 KEY_FILE = f"{NAME}.pem"
-ARCHES = ("arm64", "x86_64")
 DEFAULT_INSTANCE_TYPES = {"arm64": "t4g.medium", "x86_64": "t3.medium"}
 DEFAULT_ROOT_GB = 50
 # Ubuntu AMIs log in as "ubuntu"; the baked AMI is built from them.

@@ -38,10 +38,14 @@ class RLMOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     context: Any = None
+    # The session to continue (same as the x-rlm-session-id header, which wins).
+    session_id: str | None = Field(None, min_length=1, max_length=128)
     reset: bool = False
     max_iterations: int | None = Field(None, ge=1, le=1000)
     max_depth: int | None = Field(None, ge=0, le=10)
     include_trajectory: bool = False
+    # With stream: true, each iteration streams as delta.reasoning_content while it happens.
+    stream_progress: bool = True
 
 
 class ChatCompletionRequest(BaseModel):

@@ -16,16 +16,22 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from sandbox.handle import ExecResult, SandboxHandle
-from service.rlm import prompts
+from service.rlm import events, prompts
 from service.rlm.budget import Budget, BudgetExceeded
+from service.rlm.events import EventSink
 from service.rlm.parsing import code_blocks, final_in_text, has_unclosed_block, strip_code
-from service.rlm.trajectory import EventSink, preview
+from service.rlm.trajectory import preview
 from service.rlm.upstream import Completion, Upstream
 
 log = logging.getLogger(__name__)
+
+
+class ModelNotAllowed(Exception):
+    """Sandbox code named a model outside RLM_SUB_MODELS; it sees "Error: ..."."""
+
 
 # How much of a handed-over context a depth-limited rlm_query passes to its single call.
 DEPTH_LIMIT_CONTEXT_CHARS = 400_000
@@ -36,8 +42,17 @@ class EngineConfig:
     root_model: str
     sub_model: str
     output_max_chars: int = 20_000
-    exec_timeout_s: float = 30.0
     batch_concurrency: int = 16
+    # Models sandbox code may name with ``model=`` (RLM_SUB_MODELS); empty: the sub model and
+    # the root model. Any other name never reaches the upstream (it could be the priciest
+    # model the operator's key allows, or one that browses and carries data out).
+    allowed_models: tuple[str, ...] = ()
+
+    @property
+    def sub_models(self) -> tuple[str, ...]:
+        """The allowed names, the default (the sub model) first."""
+        names = self.allowed_models or (self.sub_model, self.root_model)
+        return (self.sub_model, *(m for m in dict.fromkeys(names) if m != self.sub_model))
 
 
 @dataclass(slots=True)
@@ -81,19 +96,24 @@ class RLMEngine:
         model: str | None = None,
         turn: int = 0,
         parent: _Run | None = None,
+        notice: str | None = None,
     ) -> RunResult:
         """Run the loop until an answer, the iteration limit (forced answer) or a budget."""
         run = _Run(uuid.uuid4().hex[:10], ns, depth, budget, sandbox, _safe(emit))
         model = model or self.cfg.root_model
-        run.emit({
-            "event": "run_start", "run": run.id, "depth": depth, "ns": ns, "model": model,
-            "query": preview(query, 2000), "context": context_info,
-            "max_depth": budget.max_depth, "max_iterations": budget.max_iterations,
-            "parent": parent.id if parent else None,
-            "parent_iteration": parent.iteration if parent else None,
-            "parent_block": parent.block if parent else None,
-        })  # fmt: skip
-        system = prompts.system_prompt(context_info, depth, budget.max_depth, turn)
+        run.emit(events.RunStart(
+            event="run_start", run=run.id, depth=depth, ns=ns, model=model,
+            query=preview(query, 2000), context=context_info,
+            max_depth=budget.max_depth, max_iterations=budget.max_iterations,
+            parent=parent.id if parent else None,
+            parent_iteration=parent.iteration if parent else None,
+            parent_block=parent.block if parent else None,
+        ))  # fmt: skip
+        system = prompts.system_prompt(
+            context_info, depth, budget.max_depth, turn, models=self.cfg.sub_models
+        )
+        if notice:  # e.g. the session was restored and some values could not be kept
+            system += f"\n\n{notice}"
         messages: list[dict[str, str]] = [{"role": "system", "content": system}]
         handler = self._handler(run)
         answer: str | None = None
@@ -115,11 +135,11 @@ class RLMEngine:
             iterations = i + 1
             run.iteration, run.block = i, -1
             text = comp.text
-            run.emit({
-                "event": "iteration", "run": run.id, "iteration": i, "response": text,
-                "finish_reason": comp.finish_reason, "ms": round(comp.latency_s * 1000, 1),
-                "usage": {"prompt_tokens": comp.prompt_tokens, "completion_tokens": comp.completion_tokens},
-            })  # fmt: skip
+            run.emit(events.Iteration(
+                event="iteration", run=run.id, iteration=i, response=text,
+                finish_reason=comp.finish_reason, ms=round(comp.latency_s * 1000, 1),
+                usage=_usage(comp),
+            ))  # fmt: skip
             messages.append({"role": "assistant", "content": text or "(empty response)"})
             if not text.strip():
                 messages.append({"role": "user", "content": prompts.EMPTY_RESPONSE})
@@ -129,20 +149,17 @@ class RLMEngine:
             blocks = code_blocks(text)
             for b, code in enumerate(blocks):
                 run.block = b
+                # The soft time limit is the sandbox's own (SandboxConfig.exec_timeout_s).
                 result = await sandbox.exec(
-                    code,
-                    ns,
-                    on_call=handler,
-                    timeout_s=self.cfg.exec_timeout_s,
-                    fresh_answer=not run.executed,
+                    code, ns, on_call=handler, fresh_answer=not run.executed
                 )
                 run.executed = True
                 feedback.append(self._format_output(b, len(blocks), result))
-                run.emit({
-                    "event": "code", "run": run.id, "iteration": i, "block": b, "code": code,
-                    "stdout": result.stdout, "stderr": result.stderr, "error": result.error,
-                    "changed": result.changed, "ms": result.duration_ms,
-                })  # fmt: skip
+                run.emit(events.Code(
+                    event="code", run=run.id, iteration=i, block=b, code=code,
+                    stdout=result.stdout, stderr=result.stderr, error=result.error,
+                    changed=result.changed, ms=result.duration_ms,
+                ))  # fmt: skip
                 if result.answer is not None:
                     answer, how = result.answer, "answer"
                     break
@@ -179,11 +196,11 @@ class RLMEngine:
 
         if answer is None:
             answer, how = strip_code(last_text), "partial"
-        run.emit({
-            "event": "final", "run": run.id, "depth": depth, "answer": answer, "how": how,
-            "stopped_by": stopped_by, "iterations": iterations,
-            "ms": round((time.perf_counter() - t_run) * 1000, 1),
-        })  # fmt: skip
+        run.emit(events.Final(
+            event="final", run=run.id, depth=depth, answer=answer, how=how,
+            stopped_by=stopped_by, iterations=iterations,
+            ms=round((time.perf_counter() - t_run) * 1000, 1),
+        ))  # fmt: skip
         return RunResult(
             answer=answer, iterations=iterations, how=how, stopped_by=stopped_by, run_id=run.id
         )
@@ -198,12 +215,11 @@ class RLMEngine:
             )
         except BudgetExceeded:
             return None, "partial"
-        run.emit({
-            "event": "iteration", "run": run.id, "iteration": run.iteration + 1, "forced": True,
-            "response": comp.text, "finish_reason": comp.finish_reason,
-            "ms": round(comp.latency_s * 1000, 1),
-            "usage": {"prompt_tokens": comp.prompt_tokens, "completion_tokens": comp.completion_tokens},
-        })  # fmt: skip
+        run.emit(events.Iteration(
+            event="iteration", run=run.id, iteration=run.iteration + 1, forced=True,
+            response=comp.text, finish_reason=comp.finish_reason,
+            ms=round(comp.latency_s * 1000, 1), usage=_usage(comp),
+        ))  # fmt: skip
         found = final_in_text(comp.text)
         if found is not None and found.kind == "final_var":
             value = await run.sandbox.get_var(found.value, run.ns)
@@ -236,17 +252,29 @@ class RLMEngine:
         run.budget.usage.add(comp.prompt_tokens, comp.completion_tokens)
         return comp
 
+    def _allowed_model(self, model: Any) -> str:
+        """The model a sandbox call names, or ModelNotAllowed before any budget is spent."""
+        if model is None or model == "":
+            return self.cfg.sub_model
+        name = str(model)
+        if name not in self.cfg.sub_models:
+            raise ModelNotAllowed(
+                f"model {name[:100]!r} is not allowed here; use one of: "
+                f"{', '.join(self.cfg.sub_models)} (RLM_SUB_MODELS)"
+            )
+        return name
+
     def _handler(self, run: _Run):  # type: ignore[no-untyped-def]
         async def on_call(kind: str, body: dict[str, Any]) -> Any:
             if kind == "llm":
+                model = self._allowed_model(body.get("model"))
                 run.budget.take_sub_call()
-                return await self._sub_llm(run, str(body.get("prompt", "")), body.get("model"))
+                return await self._sub_llm(run, str(body.get("prompt", "")), model)
             if kind == "llm_batched":
+                model = self._allowed_model(body.get("model"))
                 items = [str(p) for p in body.get("prompts") or []]
                 run.budget.take_sub_call(len(items))
-                return await self._bounded(
-                    [self._sub_llm(run, p, body.get("model")) for p in items]
-                )
+                return await self._bounded([self._sub_llm(run, p, model) for p in items])
             if kind == "rlm":
                 run.budget.take_sub_call()
                 return await self._child(run, str(body.get("query", "")), body.get("context_ref"))
@@ -273,16 +301,23 @@ class RLMEngine:
 
         return list(await asyncio.gather(*(one(c) for c in coros)))
 
-    async def _sub_llm(self, run: _Run, prompt: str, model: Any, kind: str = "llm") -> str:
-        model_name = str(model) if model else self.cfg.sub_model
+    async def _sub_llm(
+        self,
+        run: _Run,
+        prompt: str,
+        model: str | None,
+        kind: Literal["llm", "rlm_as_llm"] = "llm",
+    ) -> str:
+        model_name = model or self.cfg.sub_model
         t0 = time.perf_counter()
         comp = await self._complete(run, model_name, [{"role": "user", "content": prompt}])
-        run.emit({
-            "event": "sub_call", "run": run.id, "kind": kind, "depth": run.depth + 1,
-            "iteration": run.iteration, "block": run.block, "model": model_name, "prompt": preview(prompt), "answer": preview(comp.text),
-            "prompt_tokens": comp.prompt_tokens, "completion_tokens": comp.completion_tokens,
-            "ms": round((time.perf_counter() - t0) * 1000, 1),
-        })  # fmt: skip
+        run.emit(events.SubCall(
+            event="sub_call", run=run.id, kind=kind, depth=run.depth + 1,
+            iteration=run.iteration, block=run.block, model=model_name,
+            prompt=preview(prompt), answer=preview(comp.text),
+            prompt_tokens=comp.prompt_tokens, completion_tokens=comp.completion_tokens,
+            ms=round((time.perf_counter() - t0) * 1000, 1),
+        ))  # fmt: skip
         return comp.text
 
     async def _child(self, parent: _Run, query: str, context_ref: str | None) -> str:
@@ -317,18 +352,23 @@ class RLMEngine:
                     await sandbox.drop_namespace(child_ns)
                 except Exception:  # noqa: BLE001 - the child's namespace is garbage either way
                     log.debug("dropping namespace %s failed", child_ns)
-        parent.emit({
-            "event": "sub_call", "run": parent.id, "kind": "rlm", "depth": parent.depth + 1,
-            "iteration": parent.iteration, "block": parent.block, "child_run": result.run_id,
-            "model": self.cfg.sub_model, "prompt": preview(query), "answer": preview(result.answer),
-            "iterations": result.iterations, "ms": round((time.perf_counter() - t0) * 1000, 1),
-        })  # fmt: skip
+        parent.emit(events.SubCall(
+            event="sub_call", run=parent.id, kind="rlm", depth=parent.depth + 1,
+            iteration=parent.iteration, block=parent.block, child_run=result.run_id,
+            model=self.cfg.sub_model, prompt=preview(query), answer=preview(result.answer),
+            iterations=result.iterations, ms=round((time.perf_counter() - t0) * 1000, 1),
+        ))  # fmt: skip
         return result.answer
 
 
+def _usage(comp: Completion) -> events.Usage:
+    return events.Usage(prompt_tokens=comp.prompt_tokens, completion_tokens=comp.completion_tokens)
+
+
 def _safe(emit: EventSink) -> EventSink:
-    def wrapped(ev: dict[str, Any]) -> None:
-        ev.setdefault("t", time.time())
+    def wrapped(ev: events.Event) -> None:
+        if "t" not in ev:
+            ev["t"] = time.time()
         try:
             emit(ev)
         except Exception:

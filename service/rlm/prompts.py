@@ -22,7 +22,7 @@ queries or (query, context) pairs.
 - `state`, `state_get(key, default=None)`, `state_set(key, value)`, `state_del(key)`, \
 `state_keys()`: a dict shared with recursive runs and kept across the session's turns.
 - `print(...)` to see values; variables persist between blocks and turns.
-Model calls that fail return a string starting with "Error:".
+Model calls that fail return a string starting with "Error:". {models_note}
 
 Example:
 ```repl
@@ -82,13 +82,26 @@ def describe_context(info: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def system_prompt(context_info: dict[str, Any], depth: int, max_depth: int, turn: int = 0) -> str:
+def system_prompt(
+    context_info: dict[str, Any],
+    depth: int,
+    max_depth: int,
+    turn: int = 0,
+    models: tuple[str, ...] = (),
+) -> str:
     if depth < max_depth:
         depth_note = f"Recursion is allowed ({max_depth - depth} more level(s))."
     else:
         depth_note = "At this depth it is answered by a single sub-model call."
     desc = describe_context(context_info)
-    prompt = SYSTEM_PROMPT.format(context_desc=desc, sub_chars="100,000", depth_note=depth_note)
+    models_note = (
+        f"`model=` may name only these models: {', '.join(models)} (default: {models[0]})."
+        if models
+        else ""
+    )
+    prompt = SYSTEM_PROMPT.format(
+        context_desc=desc, sub_chars="100,000", depth_note=depth_note, models_note=models_note
+    )
     if turn > 0:
         prompt += (
             f"\n\nThis is turn {turn} of a session: `context` is this turn's data "
@@ -96,3 +109,18 @@ def system_prompt(context_info: dict[str, Any], depth: int, max_depth: int, turn
             f"and their final answers `history_0`..`history_{turn - 1}`."
         )
     return prompt
+
+
+def restored_notice(unpicklable: tuple[str, ...]) -> str:
+    """Told to the model on the first turn after a session came back from a snapshot."""
+    text = (
+        "Note: this session was restored from a snapshot: your variables, `state` and the "
+        "earlier turns' context_N/history_N are back."
+    )
+    if unpicklable:
+        names = ", ".join(unpicklable[:30]) + (" ..." if len(unpicklable) > 30 else "")
+        text += (
+            f" These could not be kept (open files, sockets, generators, locks...) and are "
+            f"gone: {names}. Recreate them if you need them."
+        )
+    return text

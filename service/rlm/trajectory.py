@@ -1,7 +1,7 @@
 """Trajectory events of a run, and the JSONL file they are written to.
 
-Events are plain dicts ``{"event": kind, "run": run_id, "t": seconds, ...}`` delivered to a
-callback (streaming, the viewer, metrics). With ``RLM_TRAJECTORY_DIR`` set, the root run is
+Events (``service.rlm.events``, one typed definition) are delivered to a callback
+(streaming, the viewer, metrics). With ``RLM_TRAJECTORY_DIR`` set, the root run is
 also written as JSONL in the official RLM library's shape: one ``metadata`` line, then one
 ``iteration`` line per root iteration with its code blocks, their results and the sub-calls
 they made. Secrets are redacted from everything written.
@@ -13,14 +13,14 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from service.rlm.events import Event
+
 log = logging.getLogger(__name__)
 
-EventSink = Callable[[dict[str, Any]], None]
 PREVIEW_CHARS = 500
 
 
@@ -57,31 +57,30 @@ class TrajectoryWriter:
         self._root_run: str | None = None
         self._calls: list[dict[str, Any]] = []
 
-    def __call__(self, ev: dict[str, Any]) -> None:
-        kind = ev["event"]
-        if kind == "run_start" and ev.get("depth") == 0:
-            self._root_run = ev["run"]
-            self._meta = {
-                "type": "metadata",
-                "root_model": ev.get("model"),
-                "max_depth": ev.get("max_depth"),
-                "max_iterations": ev.get("max_iterations"),
-                "backend": "openai",
-                "environment_type": "rlm-py-sandbox",
-                "query": ev.get("query"),
-                "context": ev.get("context"),
-                "timestamp": _iso(ev.get("t")),
-            }
+    def __call__(self, ev: Event) -> None:
+        if ev["event"] == "run_start":
+            if ev["depth"] == 0:
+                self._root_run = ev["run"]
+                self._meta = {
+                    "type": "metadata",
+                    "root_model": ev["model"],
+                    "max_depth": ev["max_depth"],
+                    "max_iterations": ev["max_iterations"],
+                    "backend": "openai",
+                    "environment_type": "rlm-py-sandbox",
+                    "query": ev["query"],
+                    "context": ev["context"],
+                    "timestamp": _iso(ev.get("t")),
+                }
             return
-        if ev.get("run") != self._root_run:
+        if ev["event"] == "run_end" or ev["run"] != self._root_run:
             return  # child runs appear as the root's rlm sub-calls
-        if kind == "iteration" and ev.get("forced"):
+        if ev["event"] == "iteration" and ev.get("forced"):
             # The forced final answer's call: recorded on the last iteration it closes.
             if self._iterations:
-                self._iterations[max(self._iterations)]["forced_final_response"] = ev.get(
-                    "response", ""
-                )
-        elif kind == "iteration":
+                last = self._iterations[max(self._iterations)]
+                last["forced_final_response"] = ev.get("response", "")
+        elif ev["event"] == "iteration":
             self._iterations[ev["iteration"]] = {
                 "type": "iteration",
                 "iteration": ev["iteration"] + 1,
@@ -92,23 +91,23 @@ class TrajectoryWriter:
                 "iteration_time": ev.get("ms", 0) / 1000,
                 "usage": ev.get("usage"),
             }
-        elif kind == "code":
+        elif ev["event"] == "code":
             it = self._iterations.get(ev["iteration"])
             if it is not None:
                 it["code_blocks"].append(
                     {
-                        "code": ev.get("code", ""),
+                        "code": ev["code"],
                         "result": {
-                            "stdout": ev.get("stdout", ""),
-                            "stderr": ev.get("stderr", ""),
-                            "locals": {c["name"]: c["repr"] for c in ev.get("changed", [])},
-                            "execution_time": ev.get("ms", 0) / 1000,
+                            "stdout": ev["stdout"],
+                            "stderr": ev["stderr"],
+                            "locals": {c["name"]: c["repr"] for c in ev["changed"]},
+                            "execution_time": ev["ms"] / 1000,
                             "rlm_calls": self._calls,
                         },
                     }
                 )
                 self._calls = []
-        elif kind == "sub_call":
+        elif ev["event"] == "sub_call":
             self._calls.append(
                 {
                     "root_model": ev.get("model"),
@@ -119,9 +118,9 @@ class TrajectoryWriter:
                     "execution_time": ev.get("ms", 0) / 1000,
                 }
             )
-        elif kind == "final" and self._iterations:
+        elif ev["event"] == "final" and self._iterations:
             last = self._iterations[max(self._iterations)]
-            last["final_answer"] = ev.get("answer")
+            last["final_answer"] = ev["answer"]
 
     def write(self) -> None:
         try:

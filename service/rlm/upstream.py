@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import openai
 
 from service.errors import UpstreamError
@@ -23,9 +25,15 @@ BACKOFF_BASE_S = 0.5
 BACKOFF_MAX_S = 8.0
 
 
+class MalformedResponse(Exception):
+    """The upstream answered 200 with something that is not a chat completion (a proxy's
+    HTML error page, a truncated body, an error object): retried like a 5xx."""
+
+
 def should_retry(exc: BaseException) -> bool:
-    """429, 5xx, timeouts and dropped connections are worth another try; 4xx are not."""
-    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
+    """429, 5xx, timeouts, dropped connections and garbage bodies are worth another try;
+    4xx are not."""
+    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError, MalformedResponse)):
         return True
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code in RETRY_STATUSES
@@ -71,7 +79,8 @@ class Upstream:
         self.retries = retries
         self.gate = asyncio.Semaphore(concurrency)
         self.in_flight = 0
-        self.calls_total = 0
+        # Told of every completion (metrics by model); must not raise.
+        self.on_completion: Callable[[Completion], None] | None = None
 
     async def complete(
         self, model: str, messages: list[dict[str, str]], *, timeout_s: float | None = None
@@ -84,51 +93,70 @@ class Upstream:
             try:
                 async with self.gate:
                     self.in_flight += 1
-                    self.calls_total += 1
                     try:
                         # The client's raw POST: the same auth, errors and timeouts as
                         # chat.completions.create(), without its request transforms and
                         # response models, which cost about half of a call's CPU (measured).
-                        resp = await self.client.post(
+                        raw = await self.client.post(
                             "/chat/completions",
                             body={"model": model, "messages": messages},
                             cast_to=object,
                             options={"timeout": timeout},
                         )
+                        comp = _completion(raw, model, time.perf_counter() - t0)
+                    except (ValueError, httpx.HTTPError) as exc:
+                        # A body that is not JSON (ValueError) or that broke off mid-read.
+                        raise MalformedResponse(f"not a chat completion: {exc}") from exc
                     finally:
                         self.in_flight -= 1
-            except openai.OpenAIError as exc:
+            except (openai.OpenAIError, MalformedResponse) as exc:
                 if attempt < self.retries and should_retry(exc):
                     await asyncio.sleep(backoff_s(attempt, _retry_after(exc)))
                     attempt += 1
                     continue
                 raise UpstreamError(_describe(exc, model)) from exc
-            return _completion(resp, model, time.perf_counter() - t0)
+            if self.on_completion is not None:
+                self.on_completion(comp)
+            return comp
 
     async def close(self) -> None:
         await self.client.close()
 
 
 def _completion(resp: Any, model: str, latency_s: float) -> Completion:
-    """Read a chat.completion body; an upstream that answers something else is an error."""
+    """Read a chat.completion body; anything else raises MalformedResponse."""
+    if not isinstance(resp, dict):
+        raise MalformedResponse(f"a {type(resp).__name__} instead of a JSON object")
+    choices = resp.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        err = resp.get("error")
+        if err is not None:  # some servers answer 200 with an error object
+            detail = err.get("message") if isinstance(err, dict) else err
+            raise MalformedResponse(f"an error object: {str(detail)[:300]}")
+        raise MalformedResponse("no choices")
+    choice = choices[0]
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        raise MalformedResponse("a choice without a message")
+    content = message.get("content")
+    if isinstance(content, list):  # content parts
+        content = "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    usage = resp.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
+    finish = choice.get("finish_reason")
     try:
-        choices = resp.get("choices") or []
-        choice = choices[0] if choices else {}
-        message = choice.get("message") or {}
-        content = message.get("content")
-        if isinstance(content, list):  # content parts
-            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        usage = resp.get("usage") or {}
-        return Completion(
-            text=content if isinstance(content, str) else "",
-            finish_reason=choice.get("finish_reason"),
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            latency_s=latency_s,
-            model=model,
-        )
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise UpstreamError(f"upstream model {model!r} sent a malformed completion: {exc}") from exc
+        prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        completion_tokens = int(usage.get("completion_tokens") or 0)
+    except (TypeError, ValueError):
+        raise MalformedResponse("token counts that are not numbers") from None
+    return Completion(
+        text=content if isinstance(content, str) else "",
+        finish_reason=finish if isinstance(finish, str) else None,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        latency_s=latency_s,
+        model=model,
+    )
 
 
 def _retry_after(exc: BaseException) -> float | None:
@@ -141,7 +169,9 @@ def _retry_after(exc: BaseException) -> float | None:
     return None
 
 
-def _describe(exc: openai.OpenAIError, model: str) -> str:
+def _describe(exc: openai.OpenAIError | MalformedResponse, model: str) -> str:
+    if isinstance(exc, MalformedResponse):
+        return f"upstream model {model!r} sent a malformed completion: {exc}"
     if isinstance(exc, openai.APITimeoutError):
         return f"upstream model {model!r} timed out (RLM_UPSTREAM_TIMEOUT_S)"
     if isinstance(exc, openai.APIConnectionError):

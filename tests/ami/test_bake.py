@@ -15,6 +15,7 @@ from moto import mock_aws
 
 from ami import bake
 from ami.bake import Bake, BakeConfig, BakeTimeout, Clients, Clock, ProvisionFailed, Timeouts
+from ami.constants import ubuntu_ami_param
 from service.constants import SSM_AMI_PARAM
 
 REGION = "us-east-1"
@@ -258,10 +259,8 @@ def test_missing_canonical_parameter_names_the_flag(aws, repo):
 
 
 def test_canonical_parameter_name_per_arch():
-    assert bake.UBUNTU_AMI_PARAM.format(deb_arch=bake.DEB_ARCH["x86_64"]).endswith(
-        "/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
-    )
-    assert "/arm64/" in bake.UBUNTU_AMI_PARAM.format(deb_arch=bake.DEB_ARCH["arm64"])
+    assert ubuntu_ami_param("x86_64").endswith("/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id")
+    assert "/arm64/" in ubuntu_ami_param("arm64")
 
 
 def test_main_bakes_both_arches(aws, repo, capsys, monkeypatch):

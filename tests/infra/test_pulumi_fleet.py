@@ -20,6 +20,7 @@ from tests.infra.pulumi_harness import (
     INSTANCE_PROFILE,
     LAUNCH_TEMPLATE,
     PARAMETER,
+    ROLE,
     ROLE_POLICY,
     ROLE_POLICY_ATTACHMENT,
     SECRETS,
@@ -197,6 +198,16 @@ def test_hosts_may_read_only_the_services_own_parameters():
     assert ("ssmmessages:OpenDataChannel", "*") in grants  # Session Manager
     assert not any(action in ("*", "ssm:*", "kms:*") for action, _ in grants)
     assert len(plan.of_type(INSTANCE_PROFILE)) == 1
+
+
+def test_only_ec2_instances_may_assume_the_host_role():
+    [role] = plan_stack().of_type(ROLE)
+    [statement] = json.loads(role.inputs["assumeRolePolicy"])["Statement"]
+    assert statement == {
+        "Effect": "Allow",
+        "Principal": {"Service": "ec2.amazonaws.com"},
+        "Action": "sts:AssumeRole",
+    }
 
 
 def test_a_customer_kms_key_is_granted_only_through_ssm():

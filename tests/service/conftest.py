@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -58,9 +59,7 @@ async def client_upstream(up: ScriptedUpstream) -> AsyncIterator[Upstream]:
 
 @pytest.fixture
 def engine(client_upstream: Upstream) -> RLMEngine:
-    return RLMEngine(
-        client_upstream, EngineConfig(root_model="gpt-5", sub_model="gpt-5-mini", exec_timeout_s=5)
-    )
+    return RLMEngine(client_upstream, EngineConfig(root_model="gpt-5", sub_model="gpt-5-mini"))
 
 
 @pytest.fixture
@@ -97,6 +96,9 @@ class ServiceServer:
         from service.config import Settings
 
         self.port = free_port()
+        # Each test service has a session store of its own, gone with the test run.
+        self._store_dir = tempfile.TemporaryDirectory(prefix="rlm-test-store-")
+        overrides.setdefault("rlm_session_store", f"file://{self._store_dir.name}")
         self.settings = Settings(_env_file=None, rlm_port=self.port, **overrides)  # type: ignore[call-arg]
         self.app = create_app(self.settings)
         self._server = ThreadedServer(
@@ -113,6 +115,7 @@ class ServiceServer:
 
     def __exit__(self, *exc: object) -> None:
         self._server.stop()
+        self._store_dir.cleanup()
 
 
 def service_env(up: ScriptedUpstream, **extra: Any) -> dict[str, Any]:

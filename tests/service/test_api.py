@@ -4,6 +4,7 @@ sandboxes behind it."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import random
 import threading
@@ -97,6 +98,59 @@ def test_streaming_through_the_sdk_with_usage(client: openai.OpenAI) -> None:
     )
 
 
+def _reasoning(chunks: list[Any]) -> str:
+    return "".join(
+        (c.choices[0].delta.model_extra or {}).get("reasoning_content") or ""
+        for c in chunks
+        if c.choices
+    )
+
+
+def test_streaming_shows_the_work_as_reasoning_content(
+    client: openai.OpenAI, up: ScriptedUpstream
+) -> None:
+    up.policy = Router(
+        [
+            "Let me look.\n```repl\nparts = llm_query_batched(['a', 'b', 'c'])\nprint(len(context), parts[0])\n```",
+            "Found it.\n```repl\nanswer['content'] = 'the answer'\nanswer['ready'] = True\n```",
+        ]
+    )
+    stream = client.chat.completions.create(
+        model="rlm",
+        messages=[{"role": "user", "content": "q"}],
+        extra_body={"rlm": {"context": "SECRET-CONTEXT " * 1000}},
+        stream=True,
+    )
+    chunks = list(stream)
+    thinking = _reasoning(chunks)
+    assert "### Iteration 1\nLet me look." in thinking and "### Iteration 2" in thinking
+    assert "llm_query_batched(['a', 'b', 'c'])" in thinking  # the code block
+    assert "Output (" in thinking and "15000 sub:a" in thinking  # a head of its output
+    assert "Sub-calls: 3 (gpt-5-mini x3)" in thinking
+    assert thinking.count("SECRET-CONTEXT") == 0  # never the context
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert content == "the answer"
+    # Progress comes before the answer, and it is off on request.
+    first_content = next(
+        i for i, c in enumerate(chunks) if c.choices and c.choices[0].delta.content
+    )
+    assert all(
+        not (c.choices and (c.choices[0].delta.model_extra or {}).get("reasoning_content"))
+        for c in chunks[first_content:]
+    )
+    up.policy = Router(["FINAL(quiet)"])
+    quiet = list(
+        client.chat.completions.create(
+            model="rlm",
+            messages=[{"role": "user", "content": "q"}],
+            extra_body={"rlm": {"stream_progress": False}},
+            stream=True,
+        )
+    )
+    assert _reasoning(quiet) == ""
+    assert "".join(c.choices[0].delta.content or "" for c in quiet if c.choices) == "quiet"
+
+
 def test_second_turn_sees_first_turns_variables(http: httpx.Client, up: ScriptedUpstream) -> None:
     up.policy = Router([
         repl("kept = 'from turn one'\nstate_set('counter', 1)\nanswer['content'] = 'stored'\nanswer['ready'] = True"),
@@ -110,14 +164,28 @@ def test_second_turn_sees_first_turns_variables(http: httpx.Client, up: Scripted
     first = http.post("/v1/chat/completions", json=body)
     assert first.status_code == 200, first.text
     sid = first.headers["x-rlm-session-id"]
-    # Turn two through the cookie alone (as a browser or the ALB-sticky load test does).
+    assert first.json()["rlm"]["session_created"] is True
+    # The cookie alone selects nothing (RLM_COOKIE_SESSIONS is off): a new session.
     body["rlm"] = {"context": "c1"}
     http.cookies.clear()
     http.cookies.set("rlm_session", sid)
+    up.policy = Router(
+        [repl("answer['content'] = str('kept' in globals())\nanswer['ready'] = True")]
+    )
+    other = http.post("/v1/chat/completions", json=body)
+    assert other.status_code == 200 and other.json()["rlm"]["session_id"] != sid
+    assert other.json()["choices"][0]["message"]["content"] == "False"
+    assert other.json()["rlm"]["session_created"] is True
+    http.cookies.clear()
+    # Turn two names its session in the body (the SDK's extra_body).
+    up.policy = Router([
+        repl("answer['content'] = f\"{kept}|{state_get('counter')}|{history_0}|{context_0}|{context}\"\nanswer['ready'] = True"),
+    ])  # fmt: skip
+    body["rlm"] = {"context": "c1", "session_id": sid}
     second = http.post("/v1/chat/completions", json=body)
     assert second.status_code == 200, second.text
     assert second.json()["choices"][0]["message"]["content"] == "from turn one|1|stored|c0|c1"
-    assert second.json()["rlm"]["turn"] == 1
+    assert second.json()["rlm"]["turn"] == 1 and second.json()["rlm"]["session_created"] is False
 
     view = http.get(f"/v1/sessions/{sid}").json()
     assert view["turns"] == 2 and view["sandbox"]["status"] == "ready"
@@ -148,15 +216,19 @@ def test_a_session_belongs_to_its_key(http: httpx.Client, server: ServiceServer)
     sid = http.post("/v1/chat/completions", json=body).headers["x-rlm-session-id"]
     other = {"authorization": f"Bearer {OTHER_KEY}", "x-rlm-session-id": sid}
     with httpx.Client(base_url=server.url, timeout=30) as c:
-        assert c.post("/v1/chat/completions", json=body, headers=other).status_code == 404
         assert c.get(f"/v1/sessions/{sid}", headers=other).status_code == 404
         assert c.delete(f"/v1/sessions/{sid}", headers=other).status_code == 404
         assert (
             c.get(f"/v1/sessions/{sid}", headers={"authorization": "Bearer wrong"}).status_code
             == 401
         )
+        # Ids are per key: the other key naming it gets a session of its own, never this one.
+        theirs = c.post("/v1/chat/completions", json=body, headers=other)
+        assert theirs.status_code == 200 and theirs.json()["rlm"]["session_created"] is True
+        assert http.get(f"/v1/sessions/{sid}").json()["turns"] == 1
     assert http.delete(f"/v1/sessions/{sid}").json()["deleted"] is True
-    assert http.get(f"/v1/sessions/{sid}").status_code == 404
+    gone = http.get(f"/v1/sessions/{sid}")
+    assert gone.status_code == 410 and gone.json()["error"]["code"] == "session_lost"
 
 
 def test_errors_are_openai_envelopes_with_the_right_status(
@@ -221,18 +293,19 @@ def test_overload_is_refused_at_once_with_retry_after(
     }
     results: list[int] = []
 
-    def fire() -> None:
+    def fire(key: str) -> None:
         with httpx.Client(
-            base_url=server.url, headers={"authorization": f"Bearer {KEY}"}, timeout=60
+            base_url=server.url, headers={"authorization": f"Bearer {key}"}, timeout=60
         ) as c:
             results.append(c.post("/v1/chat/completions", json=body).status_code)
 
-    threads = [threading.Thread(target=fire) for _ in range(6)]  # 4 running + 2 queued
+    # 4 running + 2 queued, from two keys (one key alone may hold only 3 running + 1 queued).
+    threads = [threading.Thread(target=fire, args=(k,)) for k in [KEY, OTHER_KEY] * 3]
     for t in threads:
         t.start()
     deadline = time.monotonic() + 10
     while (
-        server.app.state.admission.running + server.app.state.admission.queued < 6
+        server.app.state.services.admission.running + server.app.state.services.admission.queued < 6
         and time.monotonic() < deadline
     ):
         time.sleep(0.02)
@@ -290,7 +363,7 @@ def test_per_session_queue_cap_and_fifo_order(server: ServiceServer, up: Scripte
     assert outs["c"].json()["choices"][0]["message"]["content"] == "a,b,c"
 
 
-def test_sandbox_loss_is_reported_and_the_session_recovers(
+def test_sandbox_loss_is_reported_and_never_continued_from_an_empty_repl(
     http: httpx.Client, up: ScriptedUpstream
 ) -> None:
     up.policy = Router(
@@ -312,7 +385,16 @@ def test_sandbox_loss_is_reported_and_the_session_recovers(
     view = http.get(f"/v1/sessions/{sid}").json()
     assert view["sandbox"]["status"] == "lost" and "killed" in view["sandbox"]["lost_reason"]
     up.policy = Router([repl("answer['content'] = str('x' in globals())\nanswer['ready'] = True")])
-    again = http.post("/v1/chat/completions", json=body, headers={"x-rlm-session-id": sid})
+    # The next turn is not served from an empty REPL as if nothing happened: 410 with why.
+    gone = http.post("/v1/chat/completions", json=body, headers={"x-rlm-session-id": sid})
+    assert gone.status_code == 410, gone.text
+    err = gone.json()["error"]
+    assert err["code"] == "session_lost" and "hard deadline" in err["message"]
+    assert "reset" in err["message"] and up.stats.calls == 1
+    # A reset starts it over on purpose: a fresh REPL, turn 0.
+    again = http.post(
+        "/v1/chat/completions", json=body, headers={"x-rlm-session-id": sid, "x-rlm-reset": "true"}
+    )
     assert again.status_code == 200 and again.json()["choices"][0]["message"]["content"] == "False"
     assert again.json()["rlm"]["turn"] == 0
 
@@ -377,6 +459,34 @@ async def test_async_client_concurrent_sessions(
     ))  # fmt: skip
     assert [o.choices[0].message.content for o in outs] == [str(m) for m in magics]
     await client.close()
+
+
+def test_parallel_calls_through_one_sdk_client_get_parallel_sessions(
+    client: openai.OpenAI, up: ScriptedUpstream
+) -> None:
+    # The first answer sets the rlm_session cookie, which the SDK's client keeps and sends
+    # with every later call: it must not put them all in one session.
+    first = client.chat.completions.create(
+        model="rlm",
+        messages=[{"role": "user", "content": "magic?"}],
+        extra_body={"rlm": {"context": haystack(magic=111111)}},
+    )
+    up.latency_s = 0.3
+    magics = [random.randint(10**5, 10**6) for _ in range(4)]
+
+    def ask(m: int) -> tuple[str | None, str]:
+        r = client.chat.completions.create(
+            model="rlm",
+            messages=[{"role": "user", "content": "magic?"}],
+            extra_body={"rlm": {"context": haystack(magic=m)}},
+        )
+        return r.choices[0].message.content, r.model_extra["rlm"]["session_id"]  # type: ignore[index]
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(ask, magics))
+    assert [o[0] for o in outs] == [str(m) for m in magics]
+    sids = {o[1] for o in outs} | {first.model_extra["rlm"]["session_id"]}  # type: ignore[index]
+    assert len(sids) == 5
 
 
 def test_upstream_failure_is_a_502(http: httpx.Client, up: ScriptedUpstream) -> None:

@@ -8,8 +8,9 @@ import pytest
 
 from sandbox.config import SandboxConfig
 from sandbox.pool import SandboxPool
-from service.errors import NotFound, Overloaded
-from service.sessions import Admission, SessionStore, owner_of
+from service.admission import Admission
+from service.errors import NotFound, Overloaded, SessionLost
+from service.sessions import SessionStore, owner_of
 
 
 @pytest.fixture
@@ -23,15 +24,15 @@ async def test_owner_isolation_and_lru_eviction_skips_busy(pool: SandboxPool) ->
     store = SessionStore(pool, max_sessions=2, ttl_s=3600)
     a = await store.open("a", owner_of("k1"))
     b = await store.open("b", owner_of("k1"))
-    with pytest.raises(NotFound):
-        await store.open("a", owner_of("k2"))
+    with pytest.raises(NotFound):  # another key sees nothing of it
+        store.get("a", owner_of("k2"))
     a.sandbox = await pool.acquire()
     handle = a.sandbox
     # "a" is the least recently used, but busy: "b" goes instead.
     async with a.turn(queue_cap=1):
         await store.open("c", owner_of("k1"))
-        assert store.list(owner_of("k1"))[0].id == "c"
-        assert {s.id for s in store.list(owner_of("k1"))} == {"a", "c"}
+        assert store.of_owner(owner_of("k1"))[0].id == "c"
+        assert {s.id for s in store.of_owner(owner_of("k1"))} == {"a", "c"}
         # With every session busy, a new one is refused at once.
         c = store.get("c", owner_of("k1"))
         async with c.turn(queue_cap=1):
@@ -39,8 +40,17 @@ async def test_owner_isolation_and_lru_eviction_skips_busy(pool: SandboxPool) ->
                 await store.open("d", owner_of("k1"))
     await store.open("d", owner_of("k1"))  # now "a" (idle, LRU) is evicted with its sandbox
     assert not handle.alive and b.closed
-    assert {s.id for s in store.list(owner_of("k1"))} == {"c", "d"}
+    assert {s.id for s in store.of_owner(owner_of("k1"))} == {"c", "d"}
     await store.close_all()
+
+
+async def test_ids_are_per_key_so_an_id_reveals_nothing(pool: SandboxPool) -> None:
+    store = SessionStore(pool, max_sessions=4, ttl_s=3600)
+    mine = await store.open("shared-name", owner_of("k1"))
+    theirs = await store.open("shared-name", owner_of("k2"))
+    assert mine is not theirs and theirs.owner == owner_of("k2") and theirs.new
+    await store.close("shared-name", "deleted", owner=owner_of("k1"))
+    assert store.get("shared-name", owner_of("k2")) is theirs
 
 
 async def test_turns_run_in_arrival_order_and_the_queue_is_capped(pool: SandboxPool) -> None:
@@ -100,3 +110,43 @@ async def test_admission_refuses_at_once_past_running_and_queue() -> None:
     release.set()
     await asyncio.gather(first, second)
     assert (adm.running, adm.queued) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [("deleted", "deleted by its owner"), ("evicted", "evicted"), ("expired", "RLM_SESSION_TTL_S")],
+)
+async def test_a_closed_session_is_410_not_a_new_empty_one(
+    pool: SandboxPool, how: str, reason: str
+) -> None:
+    store = SessionStore(pool, max_sessions=1, ttl_s=0.05)
+    me = owner_of("k1")
+    await store.open("s1", me)
+    if how == "deleted":
+        await store.close("s1", "it was deleted by its owner")
+    elif how == "evicted":
+        await store.open("s2", me)  # the host holds one: s1 is pushed out
+    else:
+        store._reap_interval = 0.01
+        store.start()
+        await asyncio.sleep(0.2)
+        await store.close_all()
+    with pytest.raises(SessionLost, match=reason) as info:
+        await store.open("s1", me)
+    assert info.value.status == 410 and info.value.code == "session_lost"
+    # Another key learns nothing: the same id is simply a new session of its own.
+    await store.close_all(snapshot=False)
+    other = await store.open("s1", owner_of("k2"))
+    assert other.new and other.owner == owner_of("k2")
+    await store.close("s1", owner=owner_of("k2"))
+    # A reset starts it over, as a new session.
+    fresh = await store.open("s1", me, reset=True)
+    assert fresh.new and fresh.turns == 0
+    again = await store.open("s1", me)
+    assert again is fresh
+
+
+async def test_an_unknown_id_starts_a_session(pool: SandboxPool) -> None:
+    store = SessionStore(pool, max_sessions=4, ttl_s=3600)
+    s = await store.open("never-seen", owner_of("k1"))
+    assert s.new and s.id == "never-seen"

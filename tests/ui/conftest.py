@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,15 @@ from typing import Any
 import httpx
 import pytest
 
-from loadtest.upstream import Reply, ScriptedUpstream, free_port, is_root_request
+from loadtest.upstream import (
+    NotUp,
+    Reply,
+    ScriptedUpstream,
+    free_port,
+    is_root_request,
+    text_of,
+    wait_until_up,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-key"
@@ -39,11 +46,6 @@ ROOT_QUERY = "How many characters does the context hold?"
 CHILD_QUERY = "child task: count the letters"
 
 
-def _text(message: dict[str, Any]) -> str:
-    content = message.get("content")
-    return content if isinstance(content, str) else ""
-
-
 def viewer_policy(body: dict[str, Any]) -> str | Reply:
     """A root model that takes a few seconds over four code iterations, then answers.
 
@@ -53,8 +55,8 @@ def viewer_policy(body: dict[str, Any]) -> str | Reply:
     """
     messages = body.get("messages") or []
     if not is_root_request(body):
-        return f"sub-model answer to: {_text(messages[-1])[:40]}"
-    query = _text(messages[-1])
+        return f"sub-model answer to: {text_of(messages[-1])[:40]}"
+    query = text_of(messages[-1])
     step = sum(1 for m in messages if m.get("role") == "assistant")
     if CHILD_QUERY in query:
         if step == 0:
@@ -163,19 +165,10 @@ def viewer_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], base_url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(
-                f"the service exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}"
-            )
-        try:
-            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"the service was not ready within 60 s:\n{log_path.read_text()[-3000:]}")
+    try:
+        wait_until_up(f"{base_url}/readyz", timeout_s=60, proc=proc, name="the service")
+    except NotUp as exc:
+        pytest.fail(f"{exc}:\n{log_path.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Mapping
+from typing import Any
 
 IMDS_URL = "http://169.254.169.254"
 ATTEMPTS = 5
@@ -50,7 +51,7 @@ def resolve_region(environ: Mapping[str, str], imds: Callable[[], str] = imds_re
     return environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or imds()
 
 
-def fetch(ssm, wanted: Mapping[str, str]) -> dict[str, str]:
+def fetch(ssm: Any, wanted: Mapping[str, str]) -> dict[str, str]:
     """Map each environment variable in `wanted` to its decrypted SSM parameter value."""
     response = ssm.get_parameters(Names=sorted(set(wanted.values())), WithDecryption=True)
     values = {p["Name"]: p["Value"] for p in response["Parameters"]}
@@ -97,7 +98,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(
-    argv: list[str] | None = None, ssm=None, sleep: Callable[[float], None] = time.sleep
+    argv: list[str] | None = None, ssm: Any = None, sleep: Callable[[float], None] = time.sleep
 ) -> int:
     """Fetch and write; `ssm` (a boto3 SSM client) and `sleep` are injectable for tests."""
     args = parse_args(argv)

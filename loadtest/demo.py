@@ -1,23 +1,27 @@
-"""``make demo``: one needle-in-a-haystack query end to end, offline.
+"""``make demo`` (``python -m loadtest.demo``): one needle-in-a-haystack query end to end, offline.
 
 Starts the scripted upstream (it plays the root model: search the context, then answer)
 and the service on loopback with the configured sandbox (runsc by default), sends one
 request through the official ``openai`` client, and prints the trajectory and the answer.
+It lives with the load-test tooling it is built from (the scripted upstream, the haystack),
+so the service never imports ``loadtest``.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import sys
 import textwrap
 import time
 
 import openai
 
+from loadtest.haystack import filler, magic_number, with_needle
 from loadtest.upstream import ScriptedUpstream, ThreadedServer, free_port
 from service.app import create_app
 from service.config import Settings
+
+LINES = 10_000
 
 
 def _show(ev: dict, width: int = 100) -> None:
@@ -41,9 +45,8 @@ def _show(ev: dict, width: int = 100) -> None:
 
 
 def main() -> int:
-    magic = random.randint(100_000, 999_999)
-    lines = [f"line {i}: the weather was unremarkable that day" for i in range(10_000)]
-    lines[random.randrange(10_000)] = f"line X: the magic number is {magic}"
+    magic = magic_number()
+    context = with_needle(filler(LINES), magic)
     with ScriptedUpstream() as upstream:
         port = free_port()
         settings = Settings(
@@ -53,7 +56,7 @@ def main() -> int:
             rlm_api_keys="",
             rlm_sandbox_pool_size=1,
             rlm_sandbox=os.environ.get("RLM_SANDBOX", "docker"),
-        )  # type: ignore[call-arg]
+        )
         server = ThreadedServer(create_app(settings), port, name="the service")
         try:
             server.start()
@@ -62,13 +65,13 @@ def main() -> int:
             return 1
         try:
             client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="demo")
-            print(f"Query: what is the magic number? Context: 10,000 lines ({sum(map(len, lines)):,} chars), "
+            print(f"Query: what is the magic number? Context: {LINES:,} lines ({len(context):,} chars), "
                   f"sandbox: {settings.rlm_sandbox}/{settings.rlm_sandbox_runtime}\n")  # fmt: skip
             t0 = time.perf_counter()
             resp = client.chat.completions.create(
                 model="rlm",
                 messages=[{"role": "user", "content": "What is the magic number in the context?"}],
-                extra_body={"rlm": {"context": "\n".join(lines), "include_trajectory": True}},
+                extra_body={"rlm": {"context": context, "include_trajectory": True}},
             )
             elapsed = time.perf_counter() - t0
             for ev in (resp.model_extra or {})["rlm"]["trajectory"]:
@@ -77,7 +80,7 @@ def main() -> int:
             print(
                 f"\nAnswer: {answer}   (expected {magic}; {elapsed * 1000:.0f} ms; usage {resp.usage})"
             )
-            return 0 if answer == str(magic) else 1
+            return 0 if answer == magic else 1
         finally:
             server.stop()
 

@@ -1,0 +1,40 @@
+"""Host memory of sandbox containers: what the processes serving each one (runsc-sandbox,
+runsc-gofer, the containerd shim) hold, read from /proc. One reader for both benchmarks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+# Words in the command lines of the processes that serve a runsc container on the host.
+RUNSC_PROCESSES = ("runsc", "containerd-shim")
+
+
+def host_kb(
+    ids: Iterable[str],
+    path: str = "status",
+    key: str = "VmRSS:",
+    *,
+    only: tuple[str, ...] = (),
+) -> dict[str, int]:
+    """Per container id: the sum of ``key`` (kB) in /proc/<pid>/<path> over the host
+    processes whose command line names that id (and, when ``only`` is given, one of its
+    words). A process that vanishes or cannot be read while we look is skipped."""
+    per = dict.fromkeys(ids, 0)
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            if only and not any(word in cmd for word in only):
+                continue
+            hit = next((i for i in per if i in cmd), None)
+            if hit is None:
+                continue
+            for line in Path(f"/proc/{pid}/{path}").read_text().splitlines():
+                if line.startswith(key):
+                    per[hit] += int(line.split()[1])
+        except OSError:
+            continue
+    return per

@@ -1,0 +1,243 @@
+"""Router of the OpenAI surface: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+
+All work is in ``service.chat``; this turns HTTP into a call (body limits, parsing, the
+session by header or cookie, reset) and the result back into JSON or Server-Sent Events.
+A client that disconnects cancels its run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+
+from service.api import sse as sse_
+from service.api.deps import Caller, Services, ServicesDep
+from service.api.progress import Progress
+from service.api.protocol import ChatCompletionRequest, chunk_body, completion_body
+from service.chat import TurnResult
+from service.constants import RESET_HEADER, SESSION_COOKIE, SESSION_HEADER
+from service.errors import BadRequest, PayloadTooLarge, ServiceError, ShuttingDown
+from service.rlm.events import Event
+from service.sessions import Session, valid_session_id
+
+router = APIRouter()
+STREAM_PIECE_CHARS = 2000
+# Bodies larger than this are parsed in a thread (about 1 ms of parsing on the loop).
+PARSE_INLINE_BYTES = 256 * 1024
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(
+            f"request body of {declared} bytes exceeds {limit} (RLM_MAX_BODY_BYTES)"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes (RLM_MAX_BODY_BYTES)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse(body: bytes) -> ChatCompletionRequest:
+    if not body:
+        raise BadRequest("the request body is empty; send a JSON chat completion request")
+    try:
+        return ChatCompletionRequest.model_validate_json(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        if err.get("type") == "json_invalid":
+            raise BadRequest(f"malformed JSON body: {err.get('msg')}") from None
+        if err.get("type") == "model_type" and not loc:
+            raise BadRequest("the request body must be a JSON object") from None
+        raise BadRequest(f"{loc or 'body'}: {err.get('msg')}", param=loc or None) from None
+
+
+async def _parse_off_loop(body: bytes) -> ChatCompletionRequest:
+    return await asyncio.to_thread(_parse, body)
+
+
+def _session_id(request: Request, req: ChatCompletionRequest, cookies: bool) -> str | None:
+    """The session a request names: the header, else ``rlm.session_id``; the cookie only when
+    the operator allows it (RLM_COOKIE_SESSIONS). SDK clients keep cookies, so a cookie
+    alone would make every call of one client share (and queue on) one REPL."""
+    sid = request.headers.get(SESSION_HEADER) or (req.rlm.session_id if req.rlm else None)
+    if sid is None and cookies:
+        sid = request.cookies.get(SESSION_COOKIE)
+    if sid is not None and not valid_session_id(sid):
+        raise BadRequest(
+            "invalid session id: use 1-128 characters of letters, digits, '.', '_' or '-' "
+            f"({SESSION_HEADER})",
+            param=SESSION_HEADER,
+        )
+    return sid
+
+
+def _session_headers(response: Response, session: Session) -> None:
+    # The cookie also keeps the load balancer's stickiness (infra/ uses the same name).
+    response.headers[SESSION_HEADER] = session.id
+    response.set_cookie(SESSION_COOKIE, session.id, httponly=True, samesite="lax", path="/")
+
+
+def _track(svc: Services, coro: Coroutine[Any, Any, TurnResult]) -> asyncio.Task[TurnResult]:
+    """Run a turn as a task the shutdown drain can find and cancel."""
+    task = asyncio.ensure_future(coro)
+    svc.inflight.add(task)  # type: ignore[arg-type]
+    task.add_done_callback(svc.inflight.discard)  # type: ignore[arg-type]
+    return task
+
+
+def _result(svc: Services, work: asyncio.Task[TurnResult]) -> TurnResult:
+    if work.cancelled():
+        if svc.admission.draining:
+            raise ShuttingDown(
+                "the service shut down before this request finished (RLM_SHUTDOWN_GRACE_S)",
+                retry_after=5,
+                code_ran=True,
+            )
+        raise asyncio.CancelledError
+    return work.result()
+
+
+async def _until_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(request: Request, owner: Caller, svc: ServicesDep) -> Response:
+    settings, chat = svc.settings, svc.chat
+    if svc.admission.draining:
+        raise ShuttingDown("the service is shutting down; retry on another instance", retry_after=5)
+    raw = await _read_body(request, settings.rlm_max_body_bytes)
+    # Parsing (up to RLM_MAX_BODY_BYTES of JSON; nesting depth is capped by the parser, past
+    # it a 400) takes one of a few parse slots, so a burst of huge bodies cannot take the
+    # host's CPU and memory at once; large bodies are parsed off the event loop.
+    async with svc.admission.parsing(len(raw)):
+        req = await _parse_off_loop(raw) if len(raw) > PARSE_INLINE_BYTES else _parse(raw)
+    del raw
+    chat.check_model(req.model)
+    reset = request.headers.get(RESET_HEADER, "").lower() in ("1", "true", "yes") or bool(
+        req.rlm and req.rlm.reset
+    )
+    sid = _session_id(request, req, settings.rlm_cookie_sessions)
+    session = await svc.sessions.open(sid, owner, reset=reset)
+    request.scope["state"]["session_id"] = session.id
+    rid = request.scope["state"]["request_id"]
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+
+    if req.stream:
+        svc.admission.refuse_if_full()
+        response = StreamingResponse(
+            _stream(svc, req, session, reset, rid, completion_id),
+            media_type=sse_.MEDIA_TYPE,
+            headers=sse_.HEADERS,
+        )
+        _session_headers(response, session)
+        return response
+
+    work = _track(svc, chat.complete(req, session, reset=reset, request_id=rid))
+    watcher = asyncio.ensure_future(_until_disconnect(request))
+    try:
+        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not work.done():  # the client went away (or we are cancelled): stop the run
+            work.cancel()
+    if watcher.done() and not work.done():
+        return Response(status_code=499)
+    result = _result(svc, work)
+    request.scope["state"]["tokens"] = result.usage.get("total_tokens")
+    body = completion_body(
+        completion_id=completion_id,
+        model=req.model,
+        answer=result.answer,
+        finish_reason=result.finish_reason,
+        usage=result.usage,
+        rlm=result.rlm,
+    )
+    if result.trajectory is not None:
+        body["rlm"]["trajectory"] = result.trajectory
+    reply = JSONResponse(body)
+    _session_headers(reply, session)
+    return reply
+
+
+async def _stream(
+    svc: Services, req: ChatCompletionRequest, session: Session, reset: bool, rid: str, cid: str
+) -> AsyncIterator[bytes]:
+    created = int(time.time())
+    yield sse_.sse(chunk_body(cid, req.model, created, {"role": "assistant", "content": ""}))
+    pieces: asyncio.Queue[str] = asyncio.Queue()
+    on_event = None
+    if req.rlm is None or req.rlm.stream_progress:
+        progress = Progress()
+
+        def on_event(ev: Event) -> None:
+            text = progress.text(ev)
+            if text:
+                pieces.put_nowait(text)
+
+    work = _track(
+        svc, svc.chat.complete(req, session, reset=reset, request_id=rid, on_event=on_event)
+    )
+    try:
+        while not work.done():
+            getter = asyncio.ensure_future(pieces.get())
+            done, _ = await asyncio.wait(
+                {work, getter}, timeout=sse_.KEEPALIVE_S, return_when=asyncio.FIRST_COMPLETED
+            )
+            if getter in done:
+                delta = {"reasoning_content": getter.result()}
+                yield sse_.sse(chunk_body(cid, req.model, created, delta))
+            else:
+                getter.cancel()
+                if not done:
+                    yield sse_.KEEPALIVE
+        while not pieces.empty():  # what the last events said before the turn ended
+            delta = {"reasoning_content": pieces.get_nowait()}
+            yield sse_.sse(chunk_body(cid, req.model, created, delta))
+        try:
+            result = _result(svc, work)
+        except ServiceError as exc:
+            yield sse_.sse(exc.to_envelope())
+            yield sse_.sse("[DONE]")
+            return
+        text = result.answer
+        for i in range(0, len(text), STREAM_PIECE_CHARS):
+            piece = {"content": text[i : i + STREAM_PIECE_CHARS]}
+            yield sse_.sse(chunk_body(cid, req.model, created, piece))
+        last = chunk_body(cid, req.model, created, {}, finish_reason=result.finish_reason)
+        last["rlm"] = result.rlm
+        yield sse_.sse(last)
+        if req.stream_options is not None and req.stream_options.include_usage:
+            yield sse_.sse(chunk_body(cid, req.model, created, None, usage=result.usage))
+        yield sse_.sse("[DONE]")
+    finally:
+        if not work.done():
+            work.cancel()
+
+
+@router.get("/v1/models")
+async def models(owner: Caller, svc: ServicesDep) -> dict[str, Any]:
+    created = int(time.time())
+    return {
+        "object": "list",
+        "data": [
+            {"id": m, "object": "model", "created": created, "owned_by": "rlm-py"}
+            for m in svc.settings.served_models
+        ],
+    }

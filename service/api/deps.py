@@ -1,0 +1,95 @@
+"""Typed FastAPI dependencies: the routers never reach into ``app.state`` themselves.
+
+``Services`` is everything ``create_app`` wires together; each alias (``ChatDep``,
+``SessionsDep``, ...) hands a router one part of it, typed. ``Caller`` authenticates the
+request and yields its owner tag (the key's hash, never the key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from sandbox.pool import SandboxPool
+from service.admission import Admission
+from service.chat import ChatService
+from service.config import Settings
+from service.errors import Unauthorized
+from service.metrics import Metrics
+from service.sessions import SessionStore, owner_of
+
+
+@dataclass
+class Services:
+    """The parts of one app instance, made by ``create_app`` and kept on ``app.state``."""
+
+    settings: Settings
+    metrics: Metrics
+    pool: SandboxPool
+    sessions: SessionStore
+    admission: Admission
+    chat: ChatService
+    # Turns in flight, so the shutdown drain can find and cancel them.
+    inflight: set[asyncio.Task[object]] = field(default_factory=set)
+    loop: asyncio.AbstractEventLoop | None = None
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+ServicesDep = Annotated[Services, Depends(services)]
+
+
+def _settings(request: Request) -> Settings:
+    return services(request).settings
+
+
+def _chat(request: Request) -> ChatService:
+    return services(request).chat
+
+
+def _sessions(request: Request) -> SessionStore:
+    return services(request).sessions
+
+
+def _pool(request: Request) -> SandboxPool:
+    return services(request).pool
+
+
+def _metrics(request: Request) -> Metrics:
+    return services(request).metrics
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+ChatDep = Annotated[ChatService, Depends(_chat)]
+SessionsDep = Annotated[SessionStore, Depends(_sessions)]
+PoolDep = Annotated[SandboxPool, Depends(_pool)]
+MetricsDep = Annotated[Metrics, Depends(_metrics)]
+
+
+def caller(settings: SettingsDep, request: Request) -> str:
+    """The caller's owner tag; 401 unless a configured key is presented (when keys are set)."""
+    keys = settings.api_keys
+    if not keys:
+        return owner_of(None)
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    ok = False
+    if scheme.lower() == "bearer" and token:
+        # Compare against every key, without stopping early: time says nothing about keys.
+        for key in keys:
+            ok |= hmac.compare_digest(token.encode(), key.encode())
+    if not ok:
+        raise Unauthorized(
+            "a valid API key is required: Authorization: Bearer <key> (RLM_API_KEYS)"
+        )
+    return owner_of(token)
+
+
+Caller = Annotated[str, Depends(caller)]
