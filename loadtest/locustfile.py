@@ -4,10 +4,12 @@ User classes (pick some by name on the command line, default all, weights 3:1:1)
 
 * ``NeedleUser``: the seed's load test. Every request carries a 10,000-line haystack with a
   random magic number in ``rlm.context`` and ``rlm.reset: true``; an answer without the
-  number is a failure. Its session (cookie) is kept, so a sandbox is reused per user.
+  number is a failure. It names its session (``x-rlm-session-id``, from the first answer) in
+  every later request, so a sandbox is reused per user; the ``rlm_session`` cookie the
+  service sets keeps the load balancer's stickiness.
 * ``MultiTurnUser``: turn 1 asks the RLM to keep a random code word in a variable and in
-  ``state``; turn 2, on the same session through the ``rlm_session`` cookie only, asks for
-  it back. A wrong word fails (deployed behind an ALB this also proves stickiness). The
+  ``state``; turn 2 names the session (``x-rlm-session-id``) and asks for it back. A wrong
+  word fails (deployed behind an ALB with the cookie this also proves stickiness). The
   queries are plain words, so a real model can follow them; the scripted upstream
   (``loadtest.policies.multi_turn_policy``) recognises them.
 * ``StreamingUser``: the needle task with ``stream: true``; records time to first byte and
@@ -32,6 +34,7 @@ from locust import HttpUser, between, task
 from locust.contrib.fasthttp import FastHttpUser
 
 from loadtest.haystack import NEEDLE_QUERY, filler, magic_number, with_needle
+from service.constants import SESSION_HEADER
 
 API_KEY = os.environ.get("RLM_API_KEY", "")
 MODEL = os.environ.get("RLM_MODEL", "rlm")
@@ -111,10 +114,16 @@ class _ChatUser(FastHttpUser):
     network_timeout = NETWORK_TIMEOUT_S
     connection_timeout = CONNECT_TIMEOUT_S
 
-    def post(self, body: dict[str, Any], name: str) -> Any:
-        """POST ``body`` as ``name``; the caller marks the response (``catch_response``)."""
+    def post(self, body: dict[str, Any], name: str, session: str | None = None) -> Any:
+        """POST ``body`` as ``name`` (on ``session`` when given: sessions are explicit); the
+        caller marks the response (``catch_response``)."""
+        extra = {SESSION_HEADER: session} if session else {}
         return self.client.post(
-            ENDPOINT, data=json.dumps(body), headers=headers(), name=name, catch_response=True
+            ENDPOINT,
+            data=json.dumps(body),
+            headers={**headers(), **extra},
+            name=name,
+            catch_response=True,
         )
 
 
@@ -123,20 +132,23 @@ class NeedleUser(_ChatUser):
 
     weight = 3
 
+    session: str | None = None
+
     @task
     def needle(self) -> None:
         body, number = needle_body()
-        with self.post(body, "needle") as resp:
+        with self.post(body, "needle", self.session) as resp:
             payload = _check_json(resp)
             if payload is None:
                 return
+            self.session = (payload.get("rlm") or {}).get("session_id") or self.session
             answer = answer_of(payload)
             if number not in answer:
                 resp.failure(f"magic number {number} not in the answer: {answer[:200]!r}")
 
 
 class MultiTurnUser(_ChatUser):
-    """Two turns on one session: store a code word, then read it back via the cookie."""
+    """Two turns on one session: store a code word, then read it back by the session id."""
 
     weight = 1
 
@@ -163,17 +175,14 @@ class MultiTurnUser(_ChatUser):
                 "and state['code_word'], then answer with the variable's value only."
             )}],
         }  # fmt: skip
-        # No session header: the session travels in the rlm_session cookie only.
-        with self.post(turn2, "multi-turn 2") as resp:
+        with self.post(turn2, "multi-turn 2", session) as resp:
             second = _check_json(resp)
             if second is None:
                 return
             answer = answer_of(second)
             rlm = second.get("rlm") or {}
             if session and rlm.get("session_id") != session:
-                resp.failure(
-                    f"turn 2 ran on session {rlm.get('session_id')}, not {session}: cookie lost"
-                )
+                resp.failure(f"turn 2 ran on session {rlm.get('session_id')}, not {session}")
             elif word not in answer:
                 resp.failure(f"code word {word} not recalled: {answer[:200]!r}")
 
@@ -183,13 +192,15 @@ class StreamingUser(HttpUser):
 
     weight = 1
     wait_time = between(WAIT_S, WAIT_S)
+    session: str | None = None
 
     @task
     def needle_stream(self) -> None:
         body, number = needle_body(stream=True)
         t0 = time.perf_counter()
+        extra = {SESSION_HEADER: self.session} if self.session else {}
         with self.client.post(
-            ENDPOINT, data=json.dumps(body), headers=headers(), name="needle (stream)",
+            ENDPOINT, data=json.dumps(body), headers={**headers(), **extra}, name="needle (stream)",
             catch_response=True, stream=True, timeout=(CONNECT_TIMEOUT_S, NETWORK_TIMEOUT_S),
         ) as resp:  # fmt: skip
             if resp.status_code != 200:
@@ -217,6 +228,7 @@ class StreamingUser(HttpUser):
                         if first_content is None:
                             first_content = time.perf_counter()
                         parts.append(content)
+            self.session = resp.headers.get(SESSION_HEADER) or self.session
             # With stream=True Locust stops the clock at the headers; count the whole stream.
             resp.request_meta["response_time"] = (time.perf_counter() - t0) * 1000
             if first_byte is not None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import requests
 from docker.types import Ulimit
 
 from sandbox.config import SandboxConfig
@@ -44,10 +45,24 @@ _MUX_HEADER = struct.Struct(">BxxxI")
 _executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="docker-sdk")
 
 
+class DaemonUnreachable(docker.errors.DockerException):
+    """The daemon's socket failed (stopped, restarting): the SDK raises requests' errors."""
+
+
 async def run_blocking(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run a blocking Docker SDK call off the event loop."""
+    """Run a blocking Docker SDK call off the event loop.
+
+    The one place foreign transport errors become Docker errors: with the daemon down the
+    SDK raises ``requests.ConnectionError`` (not a ``DockerException``), which would
+    otherwise escape every handler below as a 500.
+    """
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_executor, lambda: fn(*args, **kwargs))
+    try:
+        return await loop.run_in_executor(_executor, lambda: fn(*args, **kwargs))
+    except docker.errors.DockerException:
+        raise  # APIError (NotFound...) is a requests.HTTPError too: the daemon did answer
+    except (requests.exceptions.RequestException, OSError) as exc:
+        raise DaemonUnreachable(f"Docker daemon unreachable: {exc}") from exc
 
 
 _client: docker.DockerClient | None = None
@@ -86,6 +101,8 @@ def container_spec(cfg: SandboxConfig, name: str, session: str = "") -> dict[str
         "memswap_limit": f"{mb}m",
         "nano_cpus": int(cfg.cpus * 1e9),
         "pids_limit": cfg.pids,
+        # The OOM killer takes a sandbox (its session) before anything of the host's.
+        "oom_score_adj": 1000,
         "ulimits": [
             Ulimit(name="nofile", soft=cfg.nofile, hard=cfg.nofile),
             Ulimit(name="fsize", soft=cfg.fsize_mb * 2**20, hard=cfg.fsize_mb * 2**20),
@@ -173,7 +190,8 @@ class DockerProcess(SandboxProcess):
                 f"could not start a sandbox container: {exc.explanation or exc}"
             ) from exc
         except docker.errors.DockerException as exc:
-            await _remove_quietly(container)
+            # Lost mid-request, the create may have happened: remove the name when it is back.
+            await _remove_quietly(container, None if _never_sent(exc) else name)
             raise SandboxUnavailable(f"Docker is not reachable: {exc}") from exc
         proc = cls(container, sock, cfg)
         sock.setblocking(False)
@@ -222,10 +240,22 @@ class DockerProcess(SandboxProcess):
         try:
             result = await run_blocking(self._container.wait, timeout=10)
             await run_blocking(self._container.reload)
+        except DaemonUnreachable:
+            return (
+                "the Docker daemon stopped answering (stopped or restarting) and the sandbox "
+                "went with it"
+            )
+        except docker.errors.NotFound:
+            return "the sandbox container was removed from outside the service"
         except Exception:  # noqa: BLE001 - the container may be gone already
             return "the sandbox container disappeared"
         state = self._container.attrs.get("State", {})
         code = result.get("StatusCode", state.get("ExitCode"))
+        if code == 143 and not self._killed:
+            return (
+                "the sandbox was stopped from outside the service (SIGTERM, exit 143): most "
+                "likely the Docker daemon shutting down"
+            )
         if state.get("OOMKilled") or (code == 137 and not self._killed):
             return (
                 f"the sandbox was killed (exit {code}): most likely its memory cap of "
@@ -262,20 +292,68 @@ class DockerProcess(SandboxProcess):
         await _remove_quietly(self._container)
 
 
-async def _remove_quietly(container: Any) -> None:
-    if container is None:
+# Containers (ids or names) whose removal failed, mostly because the daemon was away (a
+# restart stops every sandbox, and their removal is attempted while it is down). Retried by
+# ``remove_orphans``, which the pool calls until the set is empty: nothing outlives an outage.
+_orphans: set[str] = set()
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """The request failed to connect (socket missing or refusing): the daemon never saw it."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, (FileNotFoundError, ConnectionRefusedError)):
+            return True
+        nested = [a for a in seen.args if isinstance(a, BaseException)]
+        seen = seen.__cause__ or seen.__context__ or (nested[0] if nested else None)
+    return False
+
+
+async def _remove_quietly(container: Any, name: str | None = None) -> None:
+    ref = container.id if container is not None else name
+    if ref is None:
         return
     for attempt in range(3):
         try:
-            await run_blocking(container.remove, force=True)
+            await run_blocking(client().api.remove_container, ref, force=True)
+            _orphans.discard(ref)
             return
         except docker.errors.NotFound:
+            _orphans.discard(ref)
             return
-        except docker.errors.DockerException as exc:
-            # "removal already in progress" and daemon hiccups: try again shortly.
-            if attempt == 2:
-                log.warning("could not remove container %s: %s", container.name, exc)
+        except (docker.errors.DockerException, SandboxUnavailable) as exc:
+            # "removal already in progress" and daemon hiccups: try again shortly; a daemon
+            # that is away gets the container removed when it answers again.
+            if attempt == 2 or isinstance(exc, (DaemonUnreachable, SandboxUnavailable)):
+                _orphans.add(ref)
+                log.warning("could not remove container %s (retried later): %s", ref[:32], exc)
+                return
             await asyncio.sleep(0.2 * (attempt + 1))
+
+
+def orphans() -> int:
+    """How many containers wait for their removal (see ``remove_orphans``)."""
+    return len(_orphans)
+
+
+async def remove_orphans() -> int:
+    """Remove the containers whose removal failed earlier; return how many are left."""
+    for ref in list(_orphans):
+        try:
+            await run_blocking(client().api.remove_container, ref, force=True)
+        except docker.errors.NotFound:
+            pass
+        except (DaemonUnreachable, SandboxUnavailable):
+            break  # still away: the next round retries
+        except docker.errors.DockerException as exc:  # e.g. removal in progress: next round
+            log.debug("removal of container %s failed again: %s", ref[:32], exc)
+            continue
+        else:
+            log.info("removed container %s left by a Docker daemon outage", ref[:32])
+        _orphans.discard(ref)
+    return len(_orphans)
 
 
 async def reap(instance: str | None = None) -> int:

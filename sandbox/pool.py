@@ -9,6 +9,7 @@ shutdown. A sandbox is never returned to the pool: it held a session's data.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -62,10 +63,25 @@ async def launch(cfg: SandboxConfig) -> SandboxHandle:
 class SandboxPool:
     """Warm sandboxes ready to hand out, and the registry of every live one."""
 
-    def __init__(self, cfg: SandboxConfig, size: int, *, max_parallel_starts: int = 2) -> None:
+    # Refill retries back off from RETRY_MIN_S to RETRY_MAX_S: a broken runtime costs one
+    # failed start per RETRY_MAX_S; a daemon that was unreachable is pinged meanwhile, so its
+    # return is noticed within about RETRY_MIN_S.
+    RETRY_MIN_S = 0.5
+    RETRY_MAX_S = 5.0
+    # How often idle sandboxes are checked for having died (a daemon restart kills them all).
+    PURGE_INTERVAL_S = 1.0
+
+    def __init__(
+        self,
+        cfg: SandboxConfig,
+        size: int,
+        *,
+        max_parallel_starts: int = 2,
+        on_started: Callable[[float], None] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.size = max(0, size)
-        self._idle: asyncio.Queue[SandboxHandle] = asyncio.Queue()
+        self._idle: collections.deque[SandboxHandle] = collections.deque()
         self._live: set[SandboxHandle] = set()
         self._starting = 0
         self._no_starts = asyncio.Event()
@@ -75,7 +91,9 @@ class SandboxPool:
         self._wake = asyncio.Event()
         self._closed = False
         self.last_error: str | None = None
-        self.start_seconds: list[float] = []
+        self._hurried = False  # the last back-off ended early (see _back_off)
+        # Told each successful start's duration in seconds (the start-time histogram).
+        self.on_started = on_started
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -84,9 +102,14 @@ class SandboxPool:
         if self.cfg.backend == "docker":
             from sandbox.docker_backend import reap
 
-            removed = await reap(self.cfg.instance)
-            if removed:
-                log.info("removed %d sandbox containers left by an earlier run", removed)
+            try:
+                removed = await reap(self.cfg.instance)
+            except SandboxError as exc:  # the runtime is away: serve what we can, retry later
+                self.last_error = str(exc)
+                log.warning("could not reap leftover sandboxes: %s", exc)
+            else:
+                if removed:
+                    log.info("removed %d sandbox containers left by an earlier run", removed)
         self._refill_task = asyncio.create_task(self._refill_loop(), name="sandbox-pool-refill")
 
     async def close(self) -> None:
@@ -105,12 +128,15 @@ class SandboxPool:
             await asyncio.wait_for(self._no_starts.wait(), self.cfg.start_timeout_s + 10)
         except TimeoutError:
             log.warning("%d sandbox starts still running at shutdown", self._starting)
+        if await self._remove_orphans():
+            log.warning("sandbox containers left for the next start's reaping: Docker is away")
 
     # ---- stats -------------------------------------------------------------------------
 
     @property
     def idle(self) -> int:
-        return self._idle.qsize()
+        """Warm sandboxes that are still alive (dead ones are purged by the refill loop)."""
+        return len([h for h in self._idle if h.alive])
 
     @property
     def starting(self) -> int:
@@ -118,7 +144,21 @@ class SandboxPool:
 
     @property
     def in_use(self) -> int:
-        return len(self._live) - self._idle.qsize()
+        return len(self._live) - len(self._idle)
+
+    async def problems(self) -> list[str]:
+        """Why this pool cannot hand out sandboxes now (empty when it can): readiness."""
+        out: list[str] = []
+        if self.cfg.backend == "docker":
+            from sandbox.docker_backend import ping
+
+            try:
+                await asyncio.wait_for(ping(), 2)
+            except (SandboxError, TimeoutError) as exc:
+                out.append(f"sandbox runtime unreachable: {exc or 'no answer within 2s'}")
+        if not self.ready:
+            out.append(f"sandbox pool not ready: {self.last_error or 'warming up'}")
+        return out
 
     @property
     def ready(self) -> bool:
@@ -130,10 +170,9 @@ class SandboxPool:
     async def acquire(self) -> SandboxHandle:
         """A ready sandbox: from the pool when one is warm, else started now."""
         while True:
-            try:
-                handle = self._idle.get_nowait()
-            except asyncio.QueueEmpty:
+            if not self._idle:
                 break
+            handle = self._idle.popleft()
             self._wake.set()
             if handle.alive:
                 return handle
@@ -160,7 +199,8 @@ class SandboxPool:
                 self.last_error = str(exc)
                 raise
             self.last_error = None
-            self.start_seconds = ([*self.start_seconds, time.perf_counter() - t0])[-100:]
+            if self.on_started is not None:
+                self.on_started(time.perf_counter() - t0)
             if self._closed:  # the pool shut down meanwhile: this sandbox has no owner
                 await handle.close()
                 raise SandboxUnavailable("the sandbox pool is shutting down")
@@ -171,20 +211,67 @@ class SandboxPool:
             if self._starting == 0:
                 self._no_starts.set()
 
+    async def _purge_dead(self) -> None:
+        """Drop idle sandboxes that died (a runtime restart, an OOM) so they get replaced."""
+        dead = [h for h in self._idle if not h.alive]
+        for handle in dead:
+            self._idle.remove(handle)
+            self._live.discard(handle)
+        await asyncio.gather(*(h.close() for h in dead), return_exceptions=True)
+
+    async def _remove_orphans(self) -> int:
+        """Retry removing containers whose removal failed (the daemon was away); how many
+        are left."""
+        if self.cfg.backend != "docker":
+            return 0
+        from sandbox.docker_backend import orphans, remove_orphans
+
+        try:
+            return await remove_orphans() if orphans() else 0
+        except Exception:  # never let it stop the refill loop
+            log.exception("removing leftover sandbox containers failed")
+            return orphans()
+
+    async def _back_off(self, delay_s: float, runtime_away: bool) -> None:
+        """Wait before the next refill attempt. When the runtime was unreachable, it is
+        pinged meanwhile (a ping is cheap, a failed start is not) and the wait ends as soon
+        as it answers: a daemon that comes back is noticed within RETRY_MIN_S, not after the
+        whole back-off. Once: if that attempt fails too, the next wait is whole."""
+        hurry = runtime_away and self.cfg.backend == "docker" and not self._hurried
+        self._hurried = False
+        if not hurry:
+            await asyncio.sleep(delay_s)
+            return
+        from sandbox.docker_backend import ping
+
+        end = time.monotonic() + delay_s
+        while (left := end - time.monotonic()) > 0:
+            await asyncio.sleep(min(self.RETRY_MIN_S, left))
+            try:
+                await asyncio.wait_for(ping(), 2)
+            except (SandboxError, TimeoutError):
+                continue
+            self._hurried = True
+            return
+
     async def _refill_loop(self) -> None:
-        backoff = 0.5
+        backoff = self.RETRY_MIN_S
         while not self._closed:
-            missing = self.size - self._idle.qsize() - self._starting
+            await self._purge_dead()
+            await self._remove_orphans()
+            missing = self.size - len(self._idle) - self._starting
             if missing <= 0:
                 self._wake.clear()
-                await self._wake.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.PURGE_INTERVAL_S)
                 continue
             try:
                 handle = await self._launch()
             except SandboxError as exc:
                 log.warning("warm pool refill failed: %s (retry in %.1fs)", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                await self._back_off(backoff, runtime_away=isinstance(exc, SandboxUnavailable))
+                backoff = min(backoff * 2, self.RETRY_MAX_S)
                 continue
-            backoff = 0.5
-            await self._idle.put(handle)
+            backoff = self.RETRY_MIN_S
+            self._hurried = False
+            self._idle.append(handle)

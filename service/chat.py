@@ -193,6 +193,19 @@ class ChatService:
         durability = self.durability
         if durability is not None and session.lease is None:
             session.lease = await durability.claim(session.owner, session.id)
+            # A new holder serves the latest state, whoever wrote it: a snapshot to restore,
+            # a tombstone (410), or nothing yet (a new session).
+            stored = await durability.lookup(session.owner, session.id)
+            if stored is not None and stored.lost and not reset:
+                reason = stored.lost_reason
+                await durability.release(session.lease)
+                session.lease = None
+                raise SessionLost(
+                    f"session {session.id} is gone: {reason}. Start it over with a reset "
+                    "(x-rlm-reset: true) or open a new session"
+                )
+            if stored is not None and not stored.lost:
+                session.hibernated = True
         refuse_below_memory_floor(self.settings.rlm_min_free_mb)
         try:
             handle = session.sandbox = await self.pool.acquire()

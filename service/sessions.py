@@ -383,7 +383,10 @@ class SessionStore:
         keys = [k for k in self._sessions if k[1] == session_id and owner in (None, k[0])]
         for key in keys:
             session = self._sessions[key]
-            if reason is not None:
+            # Only a session that held state here leaves a tombstone: a stub that never got
+            # its lease (live elsewhere) or a sandbox says nothing about the session.
+            held = self.durability is None or session.lease is not None or session.sandbox
+            if reason is not None and held:
                 self._gone[key] = Tombstone(session_id, key[0], reason, time.monotonic())
                 while len(self._gone) > MAX_TOMBSTONES:
                     self._gone.popitem(last=False)
