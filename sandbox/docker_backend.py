@@ -287,6 +287,11 @@ class DockerProcess(SandboxProcess):
         if self._closed:
             return
         self._closed = True
+        # Shut the attach socket down first: the SDK keeps a reference to it, so close()
+        # alone leaves it open, and a sandbox still writing into it made `rm -f` hang for
+        # the SDK's whole timeout (measured: 60 s; 0.22 s with the shutdown).
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
         if self._writer is not None:
             self._writer.close()
         await _remove_quietly(self._container)

@@ -4,7 +4,8 @@
     ├── SandboxStartError      the sandbox could not be started (image missing, runtime down)
     ├── SandboxUnavailable     no sandbox could be had in time (pool empty, runtime busy)
     ├── WorkerError            the worker could not do what was asked (e.g. out of memory
-    │                          decoding a context); the sandbox lives on
+    │   │                      decoding a context); the sandbox lives on
+    │   └── SnapshotOverCap    a snapshot would exceed RLM_SNAPSHOT_MAX_MB
     └── SandboxLost            a running sandbox is gone; its session's variables are lost
         ├── HardTimeout        code ran past the hard deadline and the sandbox was killed
         ├── MemoryLimit        the sandbox hit its memory cap
@@ -35,6 +36,16 @@ class WorkerError(SandboxError):
     kind = "worker_error"
 
 
+class SnapshotOverCap(WorkerError):
+    """The session's snapshot would exceed its cap; the sandbox and session live on."""
+
+    kind = "snapshot_too_large"
+
+    def __init__(self, message: str, *, size: int) -> None:
+        super().__init__(message)
+        self.size = size
+
+
 class SandboxLost(SandboxError):
     """The sandbox died or was killed; everything it held is gone."""
 
@@ -42,6 +53,8 @@ class SandboxLost(SandboxError):
 
 
 class HardTimeout(SandboxLost):
+    """A request ran past its hard deadline, measured by the host (see sandbox/handle.py)."""
+
     kind = "hard_timeout"
 
 
@@ -50,4 +63,8 @@ class MemoryLimit(SandboxLost):
 
 
 class ProtocolViolation(SandboxLost):
+    """The sandbox sent a frame that breaks the wire format or its schema, exceeds a size
+    bound, or answers nothing the host asked for. Only that sandbox is lost; the message
+    names the violation."""
+
     kind = "protocol_violation"

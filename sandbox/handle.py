@@ -1,9 +1,39 @@
 """``SandboxHandle``: the asyncio face of one sandbox.
 
-It owns the channel to the worker: a reader task dispatches results to waiting futures and
-model calls (``call`` frames) to the handler registered with the code block that made them;
-a watchdog kills the sandbox when user code has been running past the hard deadline.
-Nothing here blocks the event loop.
+It owns the channel to the worker, and trusts nothing that comes out of it.
+
+Frames. A reader task takes one frame at a time and checks it before anything is kept or
+acted on: its header against what the host is waiting for (only the answer to a request
+that asked for a big value, or a model call from a running code block, may be large), its
+envelope, and its body against the schema of its type (``sandbox/protocol.py``). A
+``result`` or ``error`` must answer a pending request, a ``call`` must come from a running
+code block that has no other call outstanding, ``hello`` comes once. Any breach is a
+``ProtocolViolation``: this sandbox is lost, its requests fail with that error, nothing else
+notices. The reader holds at most one frame (``MAX_JSON_BYTES``) at a time, yields to the
+event loop while it reads and decodes a large one, and never parses more than a
+``MAX_ENVELOPE_BYTES`` envelope as JSON. Small frames it takes back to back, but only a
+bounded number can be valid at once (one result per pending request, one call per running
+block, state frames at a trickle) and the first invalid one ends the reader, so a flood
+cannot stall the loop either.
+
+Running time. The hard deadline is the host's own measurement; ``busy`` flags and ``state``
+frames are accepted and ignored. The worker runs one request at a time: while a code block
+waits for a model call's reply the worker reads on, and what it reads then (a nested exec
+for ``rlm_query``, a get_var, ...) runs on top of it; the block resumes when everything
+above it has answered. The host mirrors that from what it alone knows, what it wrote and
+when, and which calls it is serving: requests it wrote and the worker has not started
+(a queue, in order) and requests started (a stack). The running request is the top of the
+stack unless that waits on a call the host is serving; then the worker is reading, so the
+oldest queued request starts. Time is charged to the running request only; a request whose
+charged time passes its limit (an exec: its soft timeout plus ``hard_grace_s``;
+get_var/vars: ``hard_timeout_s``; others: at least ``CHORE_LIMIT_S``) gets the sandbox
+killed, ``HardTimeout``. So a code block's running time is the time since it was written,
+less the time the host spent serving its model calls, less the time nested and earlier
+requests ran. Sandbox code can stop a clock only by answering the request (then the host
+waits on nothing) or by making a call (one at a time per code block, served within the
+request's budget and deadline); no other frame changes any clock. Work a sandbox does while
+no request is pending (a thread left running) is bounded by its CPU share and the session's
+lifetime, not by this deadline.
 
 Lifecycle: ``STARTING -> READY -> CLOSED`` or ``-> LOST`` (died, killed or misbehaved). Once
 lost, every pending and future request raises the ``SandboxLost`` that says why.
@@ -12,6 +42,9 @@ lost, every pending and future request raises the ``SandboxLost`` that says why.
 from __future__ import annotations
 
 import asyncio
+import base64
+import collections
+import contextlib
 import enum
 import itertools
 import json
@@ -30,6 +63,7 @@ from sandbox.errors import (
     SandboxError,
     SandboxLost,
     SandboxStartError,
+    SnapshotOverCap,
     WorkerError,
 )
 from sandbox.process import SandboxProcess
@@ -37,7 +71,37 @@ from sandbox.process import SandboxProcess
 log = logging.getLogger(__name__)
 
 CallHandler = Callable[[str, dict[str, Any]], Awaitable[Any]]
-"""``await handler(kind, body)`` answers a model call: a str, or a list of str for batches."""
+"""``await handler(kind, body)`` answers a model call: a str, or a list of str for batches.
+
+``kind`` is one of ``protocol.CALL_KINDS``; ``body`` has passed ``protocol.CHECK_CALL``."""
+
+MAX_CONCURRENT_CALLS = 64
+"""Model calls one sandbox may have outstanding. A worker makes one at a time per code block
+it runs, so this only binds a forger (rlm_batched children run 16 at a time by default)."""
+MAX_CALL_BYTES_HELD = 4 * proto.MAX_JSON_BYTES
+"""Bytes of call frames (prompts) one sandbox may have outstanding."""
+CHORE_LIMIT_S = 60.0
+"""Least running time of a request that runs no user code (load, ns_new, reset, ping): a
+worker that needs more is wedged (e.g. by a thread user code left spinning)."""
+UNSOLICITED_STATE_PER_S = 20.0
+UNSOLICITED_STATE_BURST = 50
+"""``state`` frames beyond one per reply the host wrote change nothing and are tolerated at
+this rate; a faster stream is a violation (each costs the host a frame's parsing)."""
+DECODE_STEP_BYTES = 256 * 1024
+"""The reader yields to the event loop after decoding this many bytes of long strings..."""
+READ_STEP_BYTES = 1024 * 1024
+"""...and after reading this many bytes of a large frame."""
+
+_exec_checks: dict[int, proto.Check] = {}
+
+
+def _exec_check(output_cap: int) -> proto.Check:
+    check = _exec_checks.get(output_cap)
+    if check is None:
+        if len(_exec_checks) > 64:
+            _exec_checks.clear()
+        check = _exec_checks[output_cap] = proto.exec_result_check(output_cap)
+    return check
 
 
 class SandboxState(enum.Enum):
@@ -45,6 +109,14 @@ class SandboxState(enum.Enum):
     READY = "ready"
     LOST = "lost"
     CLOSED = "closed"
+
+
+@dataclass(slots=True)
+class SnapshotResult:
+    """A session's REPL as opaque bytes, and the names that could not be pickled."""
+
+    blob: bytes
+    unpicklable: list[str]
 
 
 @dataclass(slots=True)
@@ -62,16 +134,16 @@ class ExecResult:
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> ExecResult:
+        """From a result body that passed ``protocol.exec_result_check``."""
         return cls(
-            stdout=str(body.get("stdout", "")),
-            stderr=str(body.get("stderr", "")),
-            error=body.get("error") if isinstance(body.get("error"), dict) else None,
-            changed=list(body.get("changed") or []),
-            duration_ms=float(body.get("duration_ms") or 0.0),
-            answer=body["answer"] if isinstance(body.get("answer"), str) else None,
-            final=body["final"] if isinstance(body.get("final"), str) else None,
-            dropped_chars=int(body.get("stdout_dropped") or 0)
-            + int(body.get("stderr_dropped") or 0),
+            stdout=body["stdout"],
+            stderr=body["stderr"],
+            error=body["error"],
+            changed=body["changed"],
+            duration_ms=float(body["duration_ms"]),
+            answer=body.get("answer"),
+            final=body.get("final"),
+            dropped_chars=body["stdout_dropped"] + body["stderr_dropped"],
         )
 
     def output(self) -> str:
@@ -84,6 +156,34 @@ class ExecResult:
         return text
 
 
+class _Request:
+    """A request the host wrote, as the reader and the running-time clock see it."""
+
+    __slots__ = ("calls", "charged", "check", "future", "id", "limit", "max_json", "orphan", "type")
+
+    def __init__(
+        self, rid: int, ftype: str, limit: float, check: proto.Check, max_json: int
+    ) -> None:
+        self.id = rid
+        self.type = ftype
+        self.limit = limit  # seconds of running time before the sandbox is killed
+        self.check = check  # the schema of its result
+        self.max_json = max_json  # the most JSON bytes its result may take on the wire
+        self.future: asyncio.Future[proto.Frame] = asyncio.get_running_loop().create_future()
+        self.charged = 0.0  # running time so far
+        self.calls = 0  # model calls outstanding (the host is serving them)
+        self.orphan = False  # its caller was cancelled; it runs on until it answers
+
+
+class _Call:
+    __slots__ = ("nbytes", "parent", "task")
+
+    def __init__(self, parent: _Request, nbytes: int) -> None:
+        self.parent = parent
+        self.nbytes = nbytes
+        self.task: asyncio.Task[None] | None = None
+
+
 class SandboxHandle:
     """One live sandbox. Create with ``await SandboxHandle.start(process, cfg)``."""
 
@@ -94,21 +194,30 @@ class SandboxHandle:
         self.info: dict[str, Any] = {}
         self.created = time.monotonic()
         self.lost_error: SandboxLost | None = None
+        self._loop = asyncio.get_running_loop()
         self._ids = itertools.count(1)
         self._loads = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[proto.Frame]] = {}
+        self._pending: dict[int, _Request] = {}
         self._handlers: dict[int, CallHandler] = {}
-        self._calls: dict[int, tuple[int | None, asyncio.Task[None]]] = {}
-        self._exec_timeouts: dict[int, float] = {}
+        self._calls: dict[int, _Call] = {}
+        self._call_bytes = 0
         self._orphans: set[int] = set()
         self._orphans_done = asyncio.Event()
         self._orphans_done.set()
-        self._busy_since: float | None = None
-        self._busy_limit = cfg.hard_timeout_s
-        self._hello: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        # The running-time clock (see the module docstring).
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._stack: list[_Request] = []
+        self._running: _Request | None = None
+        self._running_since = 0.0
+        self._deadline: asyncio.TimerHandle | None = None
+        self._killer: asyncio.Task[None] | None = None
+        # State frames: one allowed per reply written, more at a trickle.
+        self._state_credit = 0
+        self._state_tokens = float(UNSOLICITED_STATE_BURST)
+        self._state_at = time.monotonic()
+        self._hello: asyncio.Future[dict[str, Any]] = self._loop.create_future()
         self._write_lock = asyncio.Lock()
         self._reader = asyncio.create_task(self._read_loop(), name=f"sandbox-reader-{process.name}")
-        self._watchdog = asyncio.create_task(self._watch(), name=f"sandbox-watchdog-{process.name}")
 
     @classmethod
     async def start(cls, process: SandboxProcess, cfg: SandboxConfig) -> SandboxHandle:
@@ -141,102 +250,300 @@ class SandboxHandle:
     def busy(self) -> bool:
         return bool(self._pending)
 
-    # ---- channel -----------------------------------------------------------------------
+    # ---- channel: writing ----------------------------------------------------------------
 
-    async def _send(self, frame: proto.Frame) -> None:
-        data = proto.encode(frame)
+    async def _send(
+        self, frame: proto.Frame | bytes, before: Callable[[], None] | None = None
+    ) -> None:
+        """Write one frame; ``before`` runs at the moment it is written (in write order)."""
+        data = frame if isinstance(frame, bytes) else proto.encode(frame)
         async with self._write_lock:
+            self._check()
+            if before is not None:
+                before()
             try:
                 await self.process.write(data)
             except EOFError:
                 await self._lose(None)
                 raise self.lost_error or SandboxLost("sandbox is gone") from None
 
+    # ---- channel: reading ----------------------------------------------------------------
+
     async def _read_loop(self) -> None:
         try:
             while True:
-                header = await self.process.read_exactly(proto.HEADER.size)
-                json_len, blob_len = proto.check_header(header)
-                payload = await self.process.read_exactly(json_len + blob_len)
-                frame = proto.decode(header, payload, proto.WORKER_TYPES)
-                self._on_frame(frame)
+                frame, size = await self._read_frame()
+                self._on_frame(frame, size)
         except EOFError:
             await self._lose(None)
-        except proto.ProtocolError as exc:
-            await self._lose(ProtocolViolation(f"the sandbox broke the protocol: {exc}"))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("sandbox reader failed")
-            await self._lose(ProtocolViolation(f"sandbox channel failed: {exc!r}"))
+            if isinstance(exc, proto.ProtocolError):
+                violation = ProtocolViolation(f"the sandbox broke the protocol: {exc}")
+            else:
+                log.exception("sandbox reader failed")
+                violation = ProtocolViolation(f"sandbox channel failed: {exc!r}")
+            drain = asyncio.create_task(self._drain())
+            try:
+                await self._lose(violation, kill=True)
+            finally:
+                drain.cancel()
 
-    def _on_frame(self, frame: proto.Frame) -> None:
-        if frame.busy:
-            if self._busy_since is None:
-                self._busy_since = time.monotonic()
-            self._busy_limit = self._exec_timeouts.get(frame.id, self.cfg.hard_timeout_s)
-        else:
-            self._busy_since = None
+    async def _drain(self) -> None:
+        """Read and drop what a misbehaving sandbox still writes until it is gone.
+
+        Docker cannot stop a container whose output nobody consumes: with the channel left
+        full, ``kill`` and ``remove`` each hung for the SDK's 60 s timeout (measured); drained,
+        the violating sandbox is gone in under a second.
+        """
+        with contextlib.suppress(Exception):  # gone (EOF) or closed under us: done
+            while True:
+                await self.process.read_exactly(65536)
+
+    async def _read_frame(self) -> tuple[proto.Frame, int]:
+        """Read and check one frame: header, envelope, what it answers, then its body."""
+        header = await self.process.read_exactly(proto.HEADER.size)
+        json_len, blob_len = proto.check_header(header)
+        if blob_len:
+            raise proto.ProtocolError(
+                f"the frame header announces a {blob_len:,}-byte blob; workers send none"
+            )
+        allowed = self._json_allowance()
+        if json_len > allowed:
+            raise proto.ProtocolError(
+                f"the frame header announces {json_len:,} bytes of JSON, but nothing the host "
+                f"is waiting for may take more than {allowed:,}"
+            )
+        # The envelope first: what the frame is and answers is checked before the rest of it
+        # (its long strings) is read.
+        head = await self.process.read_exactly(min(json_len, proto.MAX_ENVELOPE_BYTES + 1))
+        env = proto.parse_envelope(head, json_len, proto.WORKER_TYPES, proto.MAX_ENVELOPE_BYTES)
+        check = self._admit(env)
+        env.check_string_bytes(proto.longest(check), f"a {env.type} frame")
+        if len(head) < json_len:
+            env.attach(await self._read_rest(head, json_len))
+        for _ in env.decode_strings(DECODE_STEP_BYTES):
+            await asyncio.sleep(0)
+        frame = env.frame()
+        check(frame.body, frame.type)
+        return frame, json_len
+
+    async def _read_rest(self, head: bytes, json_len: int) -> bytearray:
+        """The whole JSON part, read in steps into one buffer (no step copies much at once)."""
+        buf = bytearray(json_len)
+        buf[: len(head)] = head
+        view, pos = memoryview(buf), len(head)
+        while pos < json_len:
+            chunk = await self.process.read_exactly(min(READ_STEP_BYTES, json_len - pos))
+            view[pos : pos + len(chunk)] = chunk
+            pos += len(chunk)
+            await asyncio.sleep(0)
+        return buf
+
+    def _json_allowance(self) -> int:
+        """The most JSON bytes the next frame may announce, given what the host waits for."""
+        allowed = proto.SMALL_JSON_BYTES
+        for req in self._pending.values():
+            allowed = max(allowed, req.max_json)
+            if req.type == "exec":
+                allowed = max(allowed, proto.CALL_JSON_BYTES)
+        return allowed
+
+    def _admit(self, env: proto.Envelope) -> proto.Check:
+        """Check a frame against what the host asked for; return its body's schema."""
+        ftype = env.type
+        if ftype in ("result", "error"):
+            req = self._pending.get(env.id)
+            if req is None:
+                raise proto.ProtocolError(f"a {ftype} for request {env.id}, which is not pending")
+            return req.check if ftype == "result" else proto.CHECK_ERROR
+        if ftype == "call":
+            parent = self._pending.get(env.parent) if env.parent is not None else None
+            if parent is None or parent.type != "exec":
+                raise proto.ProtocolError(
+                    f"a call from request {env.parent}, which is not a running code block"
+                )
+            if env.id in self._calls:
+                raise proto.ProtocolError(f"a second call with id {env.id}")
+            if parent.calls and not parent.orphan:
+                raise proto.ProtocolError(
+                    f"code block {parent.id} made a call before its previous one was answered"
+                )
+            if len(self._calls) >= MAX_CONCURRENT_CALLS:
+                raise proto.ProtocolError(f"more than {MAX_CONCURRENT_CALLS} calls at once")
+            if self._call_bytes + env.json_len > MAX_CALL_BYTES_HELD:
+                raise proto.ProtocolError(
+                    f"calls outstanding would hold more than {MAX_CALL_BYTES_HELD:,} bytes"
+                )
+            return proto.CHECK_CALL
+        if ftype == "hello":
+            if self._hello.done():
+                raise proto.ProtocolError("a second hello")
+            return proto.CHECK_HELLO
+        # "state": the worker's own account of when it runs code; the host keeps its own.
+        if not any(req.type == "exec" for req in self._pending.values()):
+            raise proto.ProtocolError("a state frame while no code block runs")
+        self._take_state_credit()
+        return proto.CHECK_STATE
+
+    def _take_state_credit(self) -> None:
+        if self._state_credit > 0:
+            self._state_credit -= 1
+            return
+        now = time.monotonic()
+        self._state_tokens = min(
+            float(UNSOLICITED_STATE_BURST),
+            self._state_tokens + (now - self._state_at) * UNSOLICITED_STATE_PER_S,
+        )
+        self._state_at = now
+        if self._state_tokens < 1:
+            raise proto.ProtocolError("a flood of state frames the host did not ask for")
+        self._state_tokens -= 1
+
+    def _on_frame(self, frame: proto.Frame, size: int) -> None:
+        """Act on a frame that passed ``_read_frame``'s checks."""
+        if not self.alive:  # lost while the frame was decoded: nobody may see it
+            return
         if frame.type in ("result", "error"):
-            self._exec_timeouts.pop(frame.id, None)
+            req = self._pending.pop(frame.id)
+            self._forget(req)
             if frame.id in self._orphans:
                 self._orphans.discard(frame.id)
                 if not self._orphans:
                     self._orphans_done.set()
-            fut = self._pending.pop(frame.id, None)
-            if fut is not None and not fut.done():
-                fut.set_result(frame)
+            if not req.future.done():
+                req.future.set_result(frame)
         elif frame.type == "call":
-            handler = self._handlers.get(frame.parent) if frame.parent is not None else None
-            task = asyncio.create_task(self._serve_call(frame, handler))
-            self._calls[frame.id] = (frame.parent, task)
-        elif frame.type == "hello" and not self._hello.done():
+            assert frame.parent is not None
+            parent = self._pending[frame.parent]
+            call = _Call(parent, size)
+            self._calls[frame.id] = call
+            self._call_bytes += size
+            parent.calls += 1
+            if parent in self._queue:  # it runs: the worker started it already
+                self._queue.remove(parent)
+                self._stack.append(parent)
+            self._settle()
+            handler = self._handlers.get(parent.id)
+            call.task = asyncio.create_task(self._serve_call(frame, handler))
+        elif frame.type == "hello":
             self._hello.set_result(frame.body)
-        # "state" frames only carry the busy flag, handled above.
+        # "state" changes nothing.
 
     async def _serve_call(self, frame: proto.Frame, handler: CallHandler | None) -> None:
         body: dict[str, Any]
         try:
             if handler is None:
                 raise RuntimeError("model calls are not available in this code block")
-            kind = frame.body.get("kind")
-            if kind not in ("llm", "llm_batched", "rlm", "rlm_batched"):
-                raise ValueError(f"unknown call kind {str(kind)[:40]!r}")
-            body = {"result": await handler(str(kind), frame.body)}
+            body = {"result": await handler(frame.body["kind"], frame.body)}
         except asyncio.CancelledError:
             body = {"error": "the request was cancelled"}
         except SandboxLost:
+            self._call_done(frame.id)
             return
         except Exception as exc:  # noqa: BLE001 - the code block sees "Error: ..."
             body = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+        frame.body = {}
+        try:
+            reply = proto.encode(proto.Frame("reply", frame.id, body=body))
+        except (proto.ProtocolError, ValueError, TypeError) as exc:
+            body = {"error": f"the answer could not be sent: {exc}"[:2000]}
+            reply = proto.encode(proto.Frame("reply", frame.id, body=body))
+        try:
+            if self.alive:
+                await self._send(reply, before=lambda: self._call_done(frame.id))
+        except (SandboxError, proto.ProtocolError) as exc:
+            log.debug("reply to call %s not delivered: %s", frame.id, exc)
         finally:
-            self._calls.pop(frame.id, None)
-        if self.alive:
-            try:
-                await self._send(proto.Frame("reply", frame.id, body=body))
-            except (SandboxError, proto.ProtocolError) as exc:
-                log.debug("reply to call %s not delivered: %s", frame.id, exc)
+            self._call_done(frame.id)
 
-    async def _watch(self) -> None:
+    def _call_done(self, cid: int) -> None:
+        """The reply to call ``cid`` is being written: its code block runs again."""
+        call = self._calls.pop(cid, None)
+        if call is None:
+            return
+        self._call_bytes -= call.nbytes
+        call.parent.calls -= 1
+        self._state_credit += 1  # the worker says "running again" once per reply
+        self._settle()
+
+    # ---- running time ----------------------------------------------------------------------
+
+    def _enqueue(self, req: _Request) -> None:
+        """``req`` is being written: it waits for the worker to read it."""
+        self._pending[req.id] = req
+        self._queue.append(req)
+        self._settle()
+
+    def _forget(self, req: _Request) -> None:
+        if req in self._queue:
+            self._queue.remove(req)
+        elif req in self._stack:
+            self._stack.remove(req)
+        self._settle()
+
+    def _settle(self) -> None:
+        """Charge the time since the last event, then find which request runs now."""
+        now = time.monotonic()
+        if self._running is not None:
+            self._running.charged += now - self._running_since
+        current = None
         while True:
-            await asyncio.sleep(0.25)
-            since = self._busy_since
-            if since is not None and time.monotonic() - since > self._busy_limit:
-                await self._lose(
-                    HardTimeout(
-                        f"code ran past the hard deadline of {self._busy_limit:g}s without "
-                        "yielding (stuck in C code or ignoring TimeoutError), so the sandbox "
-                        "was killed and the session's variables are lost (RLM_EXEC_TIMEOUT_S)"
-                    ),
-                    kill=True,
-                )
-                return
+            if self._stack and not self._stack[-1].calls:
+                current = self._stack[-1]
+                break
+            if not self._queue:
+                break
+            self._stack.append(self._queue.popleft())  # the worker is reading: it starts
+        self._running, self._running_since = current, now
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if current is not None and self.alive:
+            self._deadline = self._loop.call_later(
+                max(0.0, current.limit - current.charged), self._on_deadline
+            )
+
+    def _on_deadline(self) -> None:
+        self._deadline = None
+        req = self._running
+        if req is None or not self.alive or self._killer is not None:
+            return
+        used = req.charged + time.monotonic() - self._running_since
+        if used < req.limit:
+            self._deadline = self._loop.call_later(req.limit - used, self._on_deadline)
+            return
+        self._killer = self._loop.create_task(self._lose(self._hard_timeout(req), kill=True))
+
+    def _hard_timeout(self, req: _Request) -> HardTimeout:
+        if req.type == "exec":
+            return HardTimeout(
+                f"code ran past the hard deadline of {req.limit:g}s of running time (time "
+                "spent waiting on model calls does not count) without yielding: stuck in C "
+                "code, or ignoring TimeoutError and signals. The sandbox was killed and the "
+                "session's variables are lost (RLM_EXEC_TIMEOUT_S)"
+            )
+        if req.type in ("get_var", "vars"):
+            return HardTimeout(
+                f"reading variables ({req.type}) ran past the hard deadline of {req.limit:g}s "
+                "(a __str__ or __repr__ stuck or ignoring TimeoutError), so the sandbox was "
+                "killed and the session's variables are lost (RLM_EXEC_TIMEOUT_S)"
+            )
+        return HardTimeout(
+            f"the sandbox spent more than {req.limit:g}s on a {req.type} request (something "
+            "left running in it hogs the worker), so it was killed and the session's "
+            "variables are lost"
+        )
+
+    # ---- losing it ---------------------------------------------------------------------------
 
     async def _lose(self, error: SandboxLost | None, kill: bool = False) -> None:
         """Mark the sandbox lost, fail everything pending and free the container."""
         if not self.alive:
             return
         self.state = SandboxState.LOST
+        self.lost_error = error
         if kill:
             await self.process.kill()
         if error is None:
@@ -256,24 +563,30 @@ class SandboxHandle:
             await self._shutdown_tasks()
 
     def _fail_all(self, error: BaseException) -> None:
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(error)
-                fut.exception()  # mark retrieved: nobody may be awaiting an orphan
+        for req in self._pending.values():
+            if not req.future.done():
+                req.future.set_exception(error)
+                req.future.exception()  # mark retrieved: nobody may be awaiting an orphan
         self._pending.clear()
+        self._queue.clear()
+        self._stack.clear()
+        self._running = None
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         if not self._hello.done():
             self._hello.set_exception(error)
             self._hello.exception()
-        for _, task in list(self._calls.values()):
-            task.cancel()
+        for call in list(self._calls.values()):
+            if call.task is not None:
+                call.task.cancel()
         self._orphans.clear()
         self._orphans_done.set()
 
     async def _shutdown_tasks(self) -> None:
         current = asyncio.current_task()
-        for task in (self._reader, self._watchdog):
-            if task is not current and not task.done():
-                task.cancel()
+        if self._reader is not current and not self._reader.done():
+            self._reader.cancel()
 
     # ---- requests ----------------------------------------------------------------------
 
@@ -283,21 +596,30 @@ class SandboxHandle:
         if self.state is SandboxState.CLOSED:
             raise SandboxLost("sandbox is closed")
 
+    def _new_request(self, ftype: str, *, limit: float, output_cap: int = 0) -> _Request:
+        if ftype == "exec":
+            check = _exec_check(output_cap)
+        else:
+            check = proto.RESULT_CHECKS.get(ftype) or proto.RESULT_CHECKS["ping"]
+        return _Request(
+            next(self._ids), ftype, limit, check, proto.result_json_bytes(ftype, output_cap)
+        )
+
     async def request(self, ftype: str, body: dict[str, Any], blob: bytes = b"") -> dict[str, Any]:
         """Send one request and wait for its answer; worker-side failures raise WorkerError."""
         self._check()
-        rid = next(self._ids)
-        fut: asyncio.Future[proto.Frame] = asyncio.get_running_loop().create_future()
-        if ftype in ("get_var", "vars") and not self._pending and not self._calls:
-            # These run user-defined __str__/__repr__: police them like a code block.
-            self._busy_since = time.monotonic()
-            self._busy_limit = self.cfg.hard_timeout_s
-        self._pending[rid] = fut
-        await self._send(proto.Frame(ftype, rid, body=body, blob=blob))
-        frame = await fut
+        if ftype in ("get_var", "vars"):  # they run user-defined __str__/__repr__
+            limit = self.cfg.hard_timeout_s
+        else:
+            limit = max(self.cfg.hard_timeout_s, CHORE_LIMIT_S)
+        req = self._new_request(ftype, limit=limit)
+        await self._send(
+            proto.Frame(ftype, req.id, body=body, blob=blob), before=lambda: self._enqueue(req)
+        )
+        frame = await req.future
         if frame.type == "error":
             raise WorkerError(
-                f"the sandbox could not {ftype}: {frame.body.get('name')}: {frame.body.get('message')}"
+                f"the sandbox could not {ftype}: {frame.body['name']}: {frame.body['message']}"
             )
         return frame.body
 
@@ -318,45 +640,44 @@ class SandboxHandle:
         calls with an error; call ``quiesce`` before reusing the sandbox.
         """
         self._check()
-        rid = next(self._ids)
         timeout = timeout_s or self.cfg.exec_timeout_s
-        fut: asyncio.Future[proto.Frame] = asyncio.get_running_loop().create_future()
-        body: dict[str, Any] = {"ns": ns, "code": code, "timeout": timeout}
-        if not self._pending and not self._calls:
-            # Nothing is outstanding, so the worker sits idle at its top level and starts
-            # this block as soon as it reads it: start the hard-deadline clock now and
-            # spare the worker its "state" frame (one write and one wake-up per exec).
-            self._busy_since = time.monotonic()
-            self._busy_limit = timeout + self.cfg.hard_grace_s
-            body["clock_started"] = True
-        self._pending[rid] = fut
-        self._exec_timeouts[rid] = timeout + self.cfg.hard_grace_s
-        if on_call is not None:
-            self._handlers[rid] = on_call
+        # The host keeps the running-time clock of every block itself, so the worker never
+        # needs to announce a start ("clock_started").
+        body: dict[str, Any] = {"ns": ns, "code": code, "timeout": timeout, "clock_started": True}
         if output_cap:
             body["output_cap"] = output_cap
         if fresh_answer:
             body["fresh_answer"] = True
+        req = self._new_request(
+            "exec",
+            limit=timeout + self.cfg.hard_grace_s,
+            output_cap=output_cap or self.cfg.output_cap_chars,
+        )
+        if on_call is not None:
+            self._handlers[req.id] = on_call
         try:
-            await self._send(proto.Frame("exec", rid, body=body))
-            frame = await fut
+            await self._send(
+                proto.Frame("exec", req.id, body=body), before=lambda: self._enqueue(req)
+            )
+            frame = await req.future
         except asyncio.CancelledError:
-            if self.alive and rid in self._pending:
-                self._orphans.add(rid)
+            if self.alive and req.id in self._pending:
+                req.orphan = True
+                self._orphans.add(req.id)
                 self._orphans_done.clear()
-                self._cancel_calls(rid)
-                asyncio.get_running_loop().create_task(self.process.interrupt())
+                self._cancel_calls(req)
+                self._loop.create_task(self.process.interrupt())
             raise
         finally:
-            self._handlers.pop(rid, None)
+            self._handlers.pop(req.id, None)
         if frame.type == "error":
             raise ProtocolViolation(f"worker failed to run the code block: {frame.body}")
         return ExecResult.from_body(frame.body)
 
-    def _cancel_calls(self, parent: int) -> None:
-        for p, task in list(self._calls.values()):
-            if p == parent:
-                task.cancel()
+    def _cancel_calls(self, parent: _Request) -> None:
+        for call in list(self._calls.values()):
+            if call.parent is parent and call.task is not None:
+                call.task.cancel()
 
     async def quiesce(self, timeout_s: float = 5.0) -> None:
         """Wait until interrupted code blocks have stopped; kill the sandbox if they don't."""
@@ -403,10 +724,53 @@ class SandboxHandle:
         results = await asyncio.gather(*waits)
         return dict(results[-1].get("context") or {})
 
+    async def snapshot(self, max_bytes: int = 0) -> SnapshotResult:
+        """The REPL (root namespace and ``state``) as one opaque blob, pickled inside the
+        sandbox one value at a time; raises SnapshotOverCap past ``max_bytes``."""
+        head = await self.request("snapshot", {"max_bytes": max_bytes})
+        size = int(head["size"])
+        if head.get("over"):
+            raise SnapshotOverCap(
+                f"the session's state takes {size:,} bytes, over the snapshot cap of {max_bytes:,}",
+                size=size,
+            )
+        parts: list[bytes] = []
+        got = 0
+        while got < size:
+            body = await self.request("snapshot_read", {"offset": got})
+            data = body["data"]
+            piece = (
+                await asyncio.to_thread(base64.b64decode, data, validate=True)
+                if len(data) > 256 * 1024
+                else base64.b64decode(data, validate=True)
+            )
+            if not piece:
+                raise WorkerError("the sandbox's snapshot ended early")
+            parts.append(piece)
+            got += len(piece)
+            if body.get("final"):
+                break
+        blob = b"".join(parts)
+        if len(blob) != size:
+            raise WorkerError(f"the sandbox sent {len(blob):,} snapshot bytes, not {size:,}")
+        return SnapshotResult(blob=blob, unpicklable=list(head.get("unpicklable") or []))
+
+    async def restore(self, blob: bytes) -> list[str]:
+        """Put a snapshot back into this (fresh) sandbox; the names it could not restore."""
+        rid = f"r{next(self._loads)}"
+        view = memoryview(blob)
+        step = proto.CHUNK_BYTES
+        chunks = [view[i : i + step] for i in range(0, len(blob), step)] or [view[:0]]
+        out: dict[str, Any] = {}
+        for i, chunk in enumerate(chunks):
+            body = {"restore": rid, "final": i == len(chunks) - 1}
+            out = await self.request("restore", body, bytes(chunk))
+        return list(out.get("failed") or [])
+
     async def get_var(self, name: str, ns: str = "root") -> str | None:
         """A variable's value as text, or None when it is not defined."""
         body = await self.request("get_var", {"ns": ns, "name": name})
-        return str(body["text"]) if body.get("found") else None
+        return str(body.get("text", "")) if body["found"] else None
 
     async def variables(self, ns: str = "root") -> dict[str, Any]:
         """User variables of ``ns`` and the shared state, with short reprs."""

@@ -1,8 +1,21 @@
 """The REPL worker that runs inside a sandbox (standard library only, Python 3.10+).
 
-One long-lived process per sandbox. It serves framed requests (see ``protocol.py``) on
-private copies of the descriptors it was started with; fds 0, 1 and 2 are pointed at
-/dev/null and a capture file, so nothing user code prints can reach the channel.
+Two kinds of process, one program:
+
+* The **fork server** is the process the sandbox starts (PID 1 in a container). It sends the
+  ``hello`` frame, then never runs user code and never reads the channel: it forks REPL
+  processes and cleans up after them. It keeps one spare REPL forked ahead, parked on a
+  private pipe, so a reset costs a process exit and a pipe write, not a fork.
+* A **REPL** process serves framed requests (see ``protocol.py``) on the channel's
+  descriptors, inherited from the server; fds 0, 1 and 2 are /dev/null and a capture file, so
+  nothing user code prints can reach the channel.
+
+A reset is a fresh interpreter: the REPL tells the server the request id on a private pipe and
+exits; the server kills every process left in the sandbox (all but itself and the spare),
+empties the scratch directories (/tmp, /dev/shm), releases the spare (which answers the reset)
+and forks the next spare. Nothing earlier code planted (modules, builtins, threads, processes,
+files) survives. Any other exit of a REPL (``os._exit``, a crash, a kill) ends the server
+with the same status, so the host sees the sandbox lost, never a silently fresh REPL.
 
 Namespaces: every run (the root and each recursive ``rlm_query`` child) gets its own
 namespace; all of them share one ``state`` dict that lives until ``reset``.
@@ -20,13 +33,17 @@ from __future__ import annotations
 import ast
 import builtins
 import collections
+import gc
 import io
 import itertools
 import json
 import linecache
 import os
 import reprlib
+import resource
+import select
 import signal
+import struct
 import sys
 import time
 from typing import Any
@@ -110,14 +127,18 @@ class CappedText(io.TextIOBase):
 class Worker:
     """Serves the protocol on (rfd, wfd) until the host closes the channel."""
 
-    def __init__(self, rfd: int, wfd: int, *, output_cap: int, timeout_s: float) -> None:
+    def __init__(
+        self, rfd: int, wfd: int, *, output_cap: int, timeout_s: float, notify_fd: int = -1
+    ) -> None:
         self.rfd, self.wfd = rfd, wfd
+        self.notify_fd = notify_fd  # to the fork server: "serving" and "reset me" (see start)
         self.output_cap = output_cap
         self.default_timeout = timeout_s
         self.namespaces: dict[str, dict[str, Any]] = {}
         self.state: dict[str, Any] = {}
         self.handoff: dict[str, Any] = {}
         self.loads: dict[str, bytearray] = {}
+        self.snap: bytes | None = None  # a snapshot taken and not yet read by the host
         self.stash: dict[int, proto.Frame] = {}
         self.waits: list[int] = []
         self.exec_stack: list[int] = []
@@ -128,7 +149,8 @@ class Worker:
         self.in_io = False
         self.pending_signal: BaseException | None = None
         self.timeout_for_message = timeout_s
-        self.fd_capture = _capture_file()
+        self.fd_capture: io.FileIO | None = None  # made by start(), never while parked
+        self.stdio: io.TextIOWrapper | None = None  # sys.stdout/stderr on fd 1, once started
         self.rbuf = bytearray()
         self.repl_files: collections.deque[str] = collections.deque()
         self.forked = False
@@ -138,7 +160,7 @@ class Worker:
 
     def _after_fork_in_child(self) -> None:
         self.forked = True
-        for fd in (self.rfd, self.wfd):
+        for fd in (self.rfd, self.wfd, self.notify_fd):
             try:
                 os.close(fd)
             except OSError:
@@ -148,6 +170,62 @@ class Worker:
         """A forked child that returns into the worker ends here, silently."""
         if self.forked:
             os._exit(0)
+
+    def start(self, reset_id: int | None) -> None:
+        """Become the sandbox's REPL: stdio, the fork server's "serving" note, the reset answer.
+
+        ``reset_id`` is the id of the reset request this fresh interpreter answers (None for
+        the first REPL). The server released us only after every process of the previous REPL
+        was dead, so whatever is still unread on the channel was not written by the host
+        (which sends nothing while a reset is outstanding) but by earlier code through a
+        reopened descriptor: it is discarded, never served.
+        """
+        self.fd_capture = _capture_file()
+        cap_fd = self.fd_capture.fileno()
+        os.dup2(cap_fd, 1)
+        os.dup2(cap_fd, 2)
+        sys.stdout = sys.stderr = self.stdio or _stdio()
+        os.write(self.notify_fd, _SERVING)
+        if reset_id is not None:
+            _discard_unread(self.rfd)
+            self.send(proto.Frame("result", reset_id, body={"reset": True}))
+
+    def warm_up(self) -> None:
+        """Run, on throwaway values, the code a fresh REPL runs first.
+
+        A forked process shares its pages with the server copy-on-write, and under gVisor's
+        ptrace platform every first write to one is a trap costing tens of microseconds:
+        taken here, while parked, they are not taken while answering a reset.
+        """
+        self.stdio = _stdio()  # over fd 1, whatever start() points it at
+        # A throwaway worker serves a load and a code block, off the channel.
+        scratch = Worker(-1, -1, output_cap=1000, timeout_s=self.default_timeout)
+        try:  # best effort: nothing here may cost the spare its life
+            scratch.fd_capture = _capture_file()
+            data = proto.encode(proto.Frame("ping", 1))
+            proto.decode(data[: proto.HEADER.size], data[proto.HEADER.size :], proto.HOST_TYPES)
+            body = {"load": "w", "ns": "w", "final": True, "encoding": "text"}
+            proto.encode(
+                proto.Frame(
+                    "result",
+                    1,
+                    body=scratch.op_load(proto.Frame("load", 1, body=body, blob=b"a\nb")),
+                )
+            )
+            code = "lines = context.splitlines()\nn = len(lines)\nn"
+            body = {"ns": "w", "code": code, "clock_started": True, "timeout": 5}
+            proto.encode(
+                proto.Frame("result", 2, body=scratch.op_exec(proto.Frame("exec", 2, body=body)))
+            )
+            scratch.op_get_var(proto.Frame("get_var", 3, body={"ns": "w", "name": "lines"}))
+        except Exception:  # noqa: BLE001
+            pass
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            for name in scratch.repl_files:
+                linecache.cache.pop(name, None)
+            if scratch.fd_capture is not None:
+                scratch.fd_capture.close()
 
     # ---- channel ---------------------------------------------------------------------
 
@@ -361,7 +439,7 @@ class Worker:
 
     def _llm_query(self, prompt: Any, model: str | None = None) -> str:
         """Ask a sub-model one question; returns its answer, or "Error: ..."."""
-        return self._as_text(self._call("llm", {"prompt": _text(prompt), "model": model}))
+        return self._as_text(self._call("llm", {"prompt": _text(prompt), "model": _name(model)}))
 
     def _llm_query_batched(self, prompts: Any, model: str | None = None) -> list[str]:
         """Ask many questions concurrently; answers come back in input order."""
@@ -369,7 +447,7 @@ class Worker:
         if not items:
             return []
         return self._as_list(
-            self._call("llm_batched", {"prompts": items, "model": model}), len(items)
+            self._call("llm_batched", {"prompts": items, "model": _name(model)}), len(items)
         )
 
     def _handoff(self, context: Any) -> str | None:
@@ -412,11 +490,149 @@ class Worker:
         return {"pong": True}
 
     def op_reset(self, frame: proto.Frame) -> dict[str, Any]:
-        self.namespaces.clear()
-        self.state = {}
-        self.handoff.clear()
-        self.loads.clear()
-        return {"reset": True}
+        """Hand the reset to the fork server and exit: the answer comes from a fresh REPL.
+
+        User code can forge this (write the note, or call this method) and so replace its own
+        interpreter mid-turn; that only hurts its own session, like ``os._exit`` does.
+        """
+        if self.exec_stack:
+            raise RuntimeError("a reset cannot run while a code block runs")
+        if not -(2**63) <= frame.id < 2**63:
+            raise ValueError("reset request id out of range")
+        # Nonblocking: user code that filled this pipe gets an error frame, not a hang.
+        os.write(self.notify_fd, _RESET + _RESET_NOTE.pack(frame.id))
+        # Stopped, every thread of this process is still: the server kills it then, without
+        # waiting for its memory to be torn down (about 10 ms under gVisor).
+        os.kill(os.getpid(), signal.SIGSTOP)
+        os._exit(0)  # continued by someone else: exiting does the same, only later
+
+    # ---- snapshots -----------------------------------------------------------------------
+    # The session's REPL as one blob: the root namespace's user variables and ``state``,
+    # each value pickled on its own, so one that cannot be (a socket, a lock, a generator)
+    # loses only itself and is named. Modules are kept by name and imported again. Written
+    # and read only here, in sandboxes of the same session: the host moves opaque bytes.
+
+    def op_snapshot(self, frame: proto.Frame) -> dict[str, Any]:
+        import pickle  # only when a session hibernates: imports cost start-up time
+
+        cap = int(frame.body.get("max_bytes") or 0)
+        lost: list[str] = []
+        mod_type = type(os)
+
+        func_type = type(_text)
+
+        def pack(key: Any, value: Any, label: str) -> tuple[bytes, Any] | None:
+            try:
+                if isinstance(value, mod_type):
+                    return pickle.dumps(key), ("module", value.__name__)
+                if (
+                    isinstance(value, func_type)
+                    and value.__module__ == "__main__"
+                    and value.__closure__ is None
+                ):  # a function defined in the REPL: pickle can only name it, so keep its code
+                    import marshal
+
+                    extra = (value.__defaults__, value.__kwdefaults__)
+                    return pickle.dumps(key), (
+                        "function",
+                        marshal.dumps(value.__code__),
+                        value.__name__,
+                        pickle.dumps(extra),
+                    )
+                return pickle.dumps(key), pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+            except (KeyboardInterrupt, TimeoutError):
+                raise
+            except BaseException:  # noqa: BLE001 - hostile __reduce__ included: it is lost
+                lost.append(label[:200])
+                return None
+
+        def take() -> bytes:
+            root = self.namespaces.get("root", {})
+            names = [
+                p
+                for k, v in list(root.items())
+                if isinstance(k, str) and _user_name(k)
+                for p in [pack(k, v, k)]
+                if p is not None
+            ]
+            state = [
+                p for k, v in list(self.state.items()) for p in [pack(k, v, f"state[{k!r}]")] if p
+            ]
+            return pickle.dumps({"v": 1, "root": names, "state": state}, pickle.HIGHEST_PROTOCOL)
+
+        self.snap = None
+        blob = self._guarded(take)
+        out: dict[str, Any] = {"size": len(blob), "unpicklable": lost[: proto.MAX_UNKEPT]}
+        if cap and len(blob) > cap:
+            out["over"] = True
+        else:
+            self.snap = blob
+        return out
+
+    def op_snapshot_read(self, frame: proto.Frame) -> dict[str, Any]:
+        import base64
+
+        if self.snap is None:
+            raise ValueError("no snapshot was taken")
+        start = int(frame.body.get("offset") or 0)
+        piece = self.snap[start : start + proto.SNAPSHOT_CHUNK_BYTES]
+        final = start + len(piece) >= len(self.snap)
+        if final:
+            self.snap = None
+        return {"data": base64.b64encode(piece).decode("ascii"), "final": final}
+
+    def op_restore(self, frame: proto.Frame) -> dict[str, Any]:
+        """Receive a snapshot in pieces; on the last one put its values back."""
+        import importlib
+        import pickle
+
+        load_id = "restore:" + str(frame.body["restore"])
+        buf = self.loads.setdefault(load_id, bytearray())
+        buf += frame.blob
+        if not frame.body.get("final"):
+            return {"received": len(buf)}
+        data = pickle.loads(bytes(self.loads.pop(load_id)))  # noqa: S301 - this session's own
+        if not isinstance(data, dict) or data.get("v") != 1:
+            raise ValueError("not a snapshot of this worker's format")
+        failed: list[str] = []
+        root = self.namespace("root")
+
+        def unpack(key_blob: bytes, value: Any) -> tuple[Any, Any] | None:
+            key: Any = "<a key>"
+            try:
+                key = pickle.loads(key_blob)  # noqa: S301
+                if isinstance(value, tuple) and value[:1] == ("module",):
+                    return key, importlib.import_module(value[1])
+                if isinstance(value, tuple) and value[:1] == ("function",):
+                    import marshal
+
+                    defaults, kwdefaults = pickle.loads(value[3])  # noqa: S301
+                    fn = type(_text)(marshal.loads(value[1]), root, value[2], defaults)  # noqa: S302
+                    fn.__kwdefaults__ = kwdefaults
+                    return key, fn
+                return key, pickle.loads(value)  # noqa: S301
+            except (KeyboardInterrupt, TimeoutError):
+                raise
+            except BaseException:  # noqa: BLE001 - e.g. a class its code no longer defines
+                failed.append((key if isinstance(key, str) else _safe_str(key))[:200])
+                return None
+
+        def put() -> int:
+            n = 0
+            for key_blob, value in data.get("root", []):
+                item = unpack(key_blob, value)
+                if item is not None:
+                    root[item[0]] = item[1]
+                    n += 1
+            for key_blob, value in data.get("state", []):
+                item = unpack(key_blob, value)
+                if item is not None:
+                    self.state[item[0]] = item[1]
+                    n += 1
+            return n
+
+        restored = self._guarded(put)
+        return {"restored": restored, "failed": failed[: proto.MAX_UNKEPT]}
 
     def op_ns_new(self, frame: proto.Frame) -> dict[str, Any]:
         name = str(frame.body["ns"])
@@ -589,6 +805,7 @@ class Worker:
 
     def _drain_fd_capture(self, cap: int) -> str:
         """Output written straight to fds 1/2 (os.write, subprocesses) since the last exec."""
+        assert self.fd_capture is not None
         fd = self.fd_capture.fileno()
         end = os.lseek(fd, 0, os.SEEK_END)
         if end == 0:
@@ -615,6 +832,12 @@ def _user_name(name: str) -> bool:
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
+
+
+def _name(model: Any) -> str | None:
+    """A model name as the host's schema takes it (a short string), whatever code passed:
+    the host then refuses a name it does not allow, as an error the code block sees."""
+    return None if model is None else _text(model)[:200]
 
 
 def _run(code: str, fname: str, ns: dict[str, Any]) -> None:
@@ -651,20 +874,51 @@ def _format_exc_unsafe(exc: BaseException) -> str:
     return "".join(te.format())
 
 
+def _stdio() -> io.TextIOWrapper:
+    return io.TextIOWrapper(os.fdopen(1, "wb", closefd=False), write_through=True)
+
+
+def _discard_unread(fd: int) -> None:
+    """Read and drop whatever is readable on ``fd`` now, without waiting."""
+    if not select.select([fd], [], [], 0)[0]:
+        return
+    os.set_blocking(fd, False)
+    try:
+        while os.read(fd, 65536):
+            pass
+    except BlockingIOError:
+        pass
+    finally:
+        os.set_blocking(fd, True)
+
+
 def _private_channel() -> tuple[int, int]:
-    """Move the protocol off fds 0/1 and point 0, 1 and 2 at /dev/null and a capture file."""
-    rfd, wfd = os.dup(0), os.dup(1)  # new fds are non-inheritable: children never see them
-    devnull = os.open(os.devnull, os.O_RDONLY)
+    """Move the protocol off fds 0/1 and point 0 and 1 at /dev/null.
+
+    fd 2 stays the sandbox's stderr in the fork server, so its last words reach the host; each
+    REPL points 1 and 2 at its own capture file.
+    """
+    rfd, wfd = os.dup(0), os.dup(1)  # new fds are non-inheritable: exec'd programs never see them
+    devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
+    os.dup2(devnull, 1)
     os.close(devnull)
     return rfd, wfd
 
 
 def _capture_file() -> io.FileIO:
-    """An unlinked scratch file in the sandbox's tmpfs for output written to fds 1/2.
+    """An anonymous file for output written straight to fds 1/2.
 
-    (``tempfile`` would cost ~40 ms of imports at every sandbox start under gVisor.)
+    A memfd has no name in the scratch directories the fork server empties at every reset.
+    Without memfd: an unlinked file in TMPDIR (``tempfile`` would cost ~40 ms of imports at
+    every sandbox start under gVisor).
     """
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is not None:
+        try:
+            return io.FileIO(memfd_create("rlm-capture"), "r+")
+        except OSError:
+            pass
     base = os.environ.get("TMPDIR") or "/tmp"
     for attempt in range(100):
         path = os.path.join(base, f".rlm-capture-{os.getpid()}-{attempt}")
@@ -677,6 +931,575 @@ def _capture_file() -> io.FileIO:
         os.unlink(path)
         return io.FileIO(fd, "r+")
     raise OSError(f"cannot create a capture file in {base}")
+
+
+# ---- the fork server ---------------------------------------------------------------------
+
+# Notes from a REPL to the server, on a private pipe, in this order:
+_SERVING = b"A"  # it serves the channel (written before a reset answer goes out)
+_ANSWERED = b"S"  # a released spare sent its reset answer and its limits are intact
+_TAMPERED = b"T"  # ...sent it, but its limits were changed while parked: replace it, silently
+_RESET = b"R"  # then the reset request's id, just before it stops itself
+_RESET_NOTE = struct.Struct(">q")
+_TOKEN_BYTES = 16
+_EXIT_INTERNAL = 70  # a REPL that failed in the worker's own code
+_PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_SET_CHILD_SUBREAPER = 1, 4, 36
+# What same-uid code can change about *another* process of the sandbox without privileges
+# (prlimit, setpriority, sched_setscheduler, sched_setaffinity: all measured to work under
+# gVisor). A released spare compares these with the server's start-up values. The limits are
+# those a later code block would feel (memory, files, processes, CPU time, stack, queued
+# signals for its timer); each costs a system call, which is tens of microseconds under gVisor.
+_LIMITS = tuple(
+    getattr(resource, name)
+    for name in (
+        "RLIMIT_AS", "RLIMIT_DATA", "RLIMIT_STACK", "RLIMIT_NOFILE", "RLIMIT_NPROC",
+        "RLIMIT_FSIZE", "RLIMIT_CPU", "RLIMIT_SIGPENDING",
+    )
+    if hasattr(resource, name)
+)  # fmt: skip
+
+
+def _fingerprint() -> tuple[Any, ...]:
+    return (
+        [resource.getrlimit(r) for r in _LIMITS],
+        os.getpriority(os.PRIO_PROCESS, 0),
+        os.sched_getscheduler(0),
+        os.sched_getaffinity(0),
+    )
+
+
+def _read_available(fd: int, limit: int = 1 << 20) -> bytes:
+    """What is readable on a nonblocking ``fd`` now (at most about ``limit`` bytes)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _empty_dir(root: str) -> bool:
+    """Remove everything under ``root`` (symlinks as links, never followed); True when done."""
+    ok = True
+    stack, dirs = [root], []
+    while stack:
+        path = stack.pop()
+        try:
+            with os.scandir(path) as it:
+                entries = list(it)
+        except OSError:
+            ok = False
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    os.chmod(entry.path, 0o700)  # earlier code may have locked it: list it
+                    stack.append(entry.path)
+                    dirs.append(entry.path)
+                else:
+                    os.unlink(entry.path)
+            except OSError:
+                ok = False
+    for path in reversed(dirs):
+        try:
+            os.rmdir(path)
+        except OSError:
+            ok = False
+    return ok
+
+
+def _yama_scope() -> int:
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope", "rb") as f:
+            return int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+class _Repl:
+    """The fork server's record of one REPL process."""
+
+    __slots__ = ("fresh", "note", "notify", "pid", "release", "reset_id", "token")
+
+    def __init__(
+        self, pid: int, notify: int, release: int, token: bytes, reset_id: int | None, fresh: bool
+    ) -> None:
+        self.pid = pid
+        self.notify = notify  # read end of the REPL's notes (nonblocking)
+        self.note = b""  # the notes read so far (bounded)
+        self.release = release  # write end of a parked spare's release pipe, or -1
+        self.token = token  # a parked spare's release token
+        self.reset_id = reset_id  # the reset this REPL answers (None: it answers none)
+        self.fresh = fresh  # forked when no user code could run: no fallback if it fails
+
+    def notes(self) -> bytes:
+        if self.notify >= 0:
+            self.note += _read_available(self.notify)
+            if len(self.note) > 4096:  # junk from user code: keep the ends that matter
+                self.note = self.note[:2] + self.note[-64:]
+        return self.note
+
+    def reset_request(self) -> int | None:
+        """The id of the reset this REPL asked for, if its notes end with one."""
+        note = self.notes()
+        if note[:1] == _SERVING and len(note) >= 2 + _RESET_NOTE.size and note[-9:-8] == _RESET:
+            return int(_RESET_NOTE.unpack(note[-8:])[0])
+        return None
+
+
+class ForkServer:
+    """The sandbox's first process: forks one REPL per reset and never runs user code.
+
+    Nothing of it is reachable from user code that could change what a later REPL runs:
+    REPLs are its children, its memory is off limits (Yama, or non-dumpable: see
+    ``harden``), it reads no channel byte and no file user code wrote, and it releases a
+    REPL only when no process of the previous one can run any more. What user code *can*
+    do to it (signals, lowering its limits) ends the sandbox or is caught before a fork.
+    """
+
+    def __init__(self, rfd: int, wfd: int, *, output_cap: int, timeout_s: float) -> None:
+        self.rfd, self.wfd = rfd, wfd
+        self.output_cap, self.timeout_s = output_cap, timeout_s
+        self.pid = os.getpid()
+        # PID 1 of a container: every other process in the sandbox descends from us and may
+        # be killed. Anywhere else (the local backend runs us as a host process) only our own
+        # descendants may, found as our children (we are their subreaper).
+        self.contained = self.pid == 1
+        self.private_dir: str | None = None
+        self.scratch = self._scratch_dirs()
+        self.workdir = os.getcwd()
+        self.active: _Repl | None = None
+        self.spare: _Repl | None = None
+        self.fds: set[int] = set()  # descriptors a REPL must not inherit
+        self.prctl: Any = None
+        self.baseline = _fingerprint()
+
+    def _scratch_dirs(self) -> list[str]:
+        if self.contained:  # the container's tmpfs mounts: empty at start, ours to empty
+            dirs: list[str] = []
+            for path in (os.environ.get("TMPDIR") or "/tmp", "/dev/shm"):
+                if path not in dirs and os.path.isdir(path) and os.access(path, os.W_OK):
+                    dirs.append(path)
+            return dirs
+        # A host process: never touch the host's /tmp. A private directory becomes TMPDIR
+        # and the working directory; those of dead local workers are removed on the way.
+        base = os.environ.get("TMPDIR") or "/tmp"
+        try:
+            for name in os.listdir(base):
+                parts = name.split("-")
+                if (
+                    name.startswith("rlm-worker-")
+                    and len(parts) == 4
+                    and parts[2].isdigit()
+                    and not _pid_alive(int(parts[2]))
+                ):
+                    _empty_dir(os.path.join(base, name))
+                    os.rmdir(os.path.join(base, name))
+        except OSError:
+            pass
+        self.private_dir = os.path.join(base, f"rlm-worker-{self.pid}-{os.urandom(4).hex()}")
+        os.mkdir(self.private_dir, 0o700)
+        os.environ["TMPDIR"] = self.private_dir
+        os.chdir(self.private_dir)
+        return [self.private_dir]
+
+    def harden(self) -> None:
+        """Keep REPLs from tracing or writing the server and the parked spare.
+
+        Same-uid processes may ptrace each other and write /proc/<pid>/mem unless Yama's
+        ptrace scope forbids it or the target is non-dumpable. gVisor enforces Yama scope 1
+        (measured with runsc 2022-12-19: ptrace attach EPERM, /proc/<pid>/mem EACCES for the
+        parent and a sibling, dumpable or not, and /proc/sys is not writable) and ignores
+        dumpability for /proc/<pid>/fd and environ, so in such a container PR_SET_DUMPABLE
+        would add nothing but ~20 ms of loading _ctypes at every start. Elsewhere it is set;
+        and a server that is not PID 1 becomes a child subreaper, so orphans of user code
+        come back to it to be killed.
+        """
+        if self.contained and _yama_scope() >= 1:
+            return
+        try:
+            import ctypes
+        except ImportError:  # pragma: no cover - every CPython build we run has it
+            return
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+        if not self.contained:
+            libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+            self.prctl = libc.prctl
+
+    def forward(self, signum: int, _frame: Any = None) -> None:
+        """The host interrupts the sandbox (SIGINT to its first process): pass it on."""
+        if self.active is not None:
+            try:
+                os.kill(self.active.pid, signum)
+            except OSError:
+                pass
+
+    def stop(self, _signum: int = 0, _frame: Any = None) -> None:
+        self._terminate()
+        os._exit(0)
+
+    # ---- REPL processes ----------------------------------------------------------------
+
+    def fork(self, reset_id: int | None, *, park: bool, fresh: bool = False) -> _Repl:
+        """Fork a REPL: serving now (answering ``reset_id``), or parked until released."""
+        notify_r, notify_w = os.pipe()
+        release_r = release_w = -1
+        token = b""
+        if park:
+            release_r, release_w = os.pipe()
+            token = os.urandom(_TOKEN_BYTES)
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (notify_r, notify_w, release_r, release_w):
+                if fd >= 0:
+                    os.close(fd)
+            raise
+        if pid == 0:  # the REPL: it never returns into the server's code
+            code = _EXIT_INTERNAL
+            try:
+                code = self._repl(notify_r, notify_w, release_r, release_w, token, reset_id)
+            except BaseException:  # noqa: BLE001 - a bug of ours: say it where it can be read
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        os.close(notify_w)
+        os.set_blocking(notify_r, False)
+        self.fds.add(notify_r)
+        if park:
+            os.close(release_r)
+            self.fds.add(release_w)
+        return _Repl(pid, notify_r, release_w, token, reset_id, fresh)
+
+    def fork_spare(self) -> _Repl | None:
+        """A parked spare, or None when the process budget (RLIMIT_NPROC) has no room."""
+        try:
+            return self.fork(None, park=True)
+        except OSError:
+            return None
+
+    def _repl(
+        self,
+        notify_r: int,
+        notify_w: int,
+        release_r: int,
+        release_w: int,
+        token: bytes,
+        reset_id: int | None,
+    ) -> int:
+        worker = Worker(
+            self.rfd,
+            self.wfd,
+            output_cap=self.output_cap,
+            timeout_s=self.timeout_s,
+            notify_fd=notify_w,
+        )
+        signal.signal(signal.SIGALRM, worker._on_signal)
+        signal.signal(signal.SIGINT, worker._on_signal)
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+        for fd in (*self.fds, notify_r, release_w):
+            if fd >= 0:
+                os.close(fd)
+        os.set_blocking(notify_w, False)
+        if self.prctl is not None:  # a host process: die with the server
+            self.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != self.pid:
+                return 0
+        if release_r < 0:
+            worker.start(reset_id)
+        else:
+            worker.warm_up()
+            reset_id = self._park(release_r, token)
+            if reset_id is None:
+                return 0  # not to be trusted: the server forks a fresh REPL instead
+            worker.start(reset_id)
+            # Checked after answering, to keep it off the reset's path: nothing was read
+            # from the channel yet, so a fresh REPL can still take over silently.
+            intact = _fingerprint() == self.baseline
+            os.write(notify_w, _ANSWERED if intact else _TAMPERED)
+            if not intact:
+                return 0
+        try:
+            worker.serve()
+        except EOFError:
+            pass
+        return 0
+
+    def _park(self, release_r: int, token: bytes) -> int | None:
+        """Wait (as the spare) to be released; the reset id, or None when unusable.
+
+        User code that runs meanwhile can open our pipes through /proc/<pid>/fd (gVisor
+        allows it), stop us or change our limits: a forged release or a closed pipe make
+        this spare exit unserved (the server forks a fresh REPL), changed limits make it
+        hand over to a fresh REPL right after answering.
+        """
+        try:
+            note = os.read(release_r, 64)
+        finally:
+            os.close(release_r)
+        if len(note) != len(token) + _RESET_NOTE.size or note[: len(token)] != token:
+            return None
+        if not self.contained:
+            os.chdir(self.workdir)  # the private directory may have been replaced meanwhile
+        return int(_RESET_NOTE.unpack(note[len(token) :])[0])
+
+    def _forget(self, repl: _Repl) -> None:
+        for fd in (repl.notify, repl.release):
+            if fd >= 0:
+                self.fds.discard(fd)
+                os.close(fd)
+        repl.notify = repl.release = -1
+
+    def _release(self, spare: _Repl, reset_id: int) -> bool:
+        """Wake the parked spare to answer ``reset_id``; False when it cannot be."""
+        spare.notes()
+        spare.note = b""  # whatever earlier code wrote there is not a note
+        try:
+            os.kill(spare.pid, signal.SIGCONT)  # earlier code may have stopped it
+            os.write(spare.release, spare.token + _RESET_NOTE.pack(reset_id))
+        except OSError:
+            return False
+        finally:
+            self.fds.discard(spare.release)
+            os.close(spare.release)
+            spare.release = -1
+        spare.reset_id = reset_id
+        return True
+
+    def _await_answer(self, repl: _Repl, timeout_s: float = 2.0) -> None:
+        """Let a released spare answer before we fork (a fork takes the sandbox's CPU)."""
+        deadline = time.monotonic() + timeout_s
+        while repl.notes()[1:2] not in (_ANSWERED, _TAMPERED):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([repl.notify], [], [], left)[0]:
+                return
+            try:
+                chunk = os.read(repl.notify, 4096)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                return  # it closed its end: it is gone
+            repl.note += chunk
+
+    # ---- the loop ----------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.active = self.fork(None, park=False, fresh=True)
+        self.spare = self.fork_spare()
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WUNTRACED)
+            except ChildProcessError:  # pragma: no cover - the active REPL is our child
+                return _EXIT_INTERNAL
+            code = None
+            if os.WIFSTOPPED(status):
+                # The active REPL stops itself to hand over a reset; any other stop (of it,
+                # the spare or a process of user code) is not ours to act on.
+                if self.active is not None and pid == self.active.pid:
+                    reset_id = self.active.reset_request()
+                    if reset_id is not None:
+                        code = self._reset(reset_id, old=self.active)
+            else:
+                self._reaped(pid)
+                if self.active is not None and pid == self.active.pid:
+                    code = self._after_repl(status)
+            if code is not None:
+                return code
+
+    def _reaped(self, pid: int) -> None:
+        if self.spare is not None and pid == self.spare.pid:
+            self._forget(self.spare)
+            self.spare = None
+
+    def _after_repl(self, status: int) -> int | None:
+        """The active REPL exited: a reset, or the sandbox is lost (exit code returned)."""
+        repl = self.active
+        assert repl is not None
+        note = repl.notes()
+        reset_id = repl.reset_request()
+        self._forget(repl)
+        self.active = None
+        if note[:1] != _SERVING:
+            # Released but never served: a spare that user code killed, stopped for good or
+            # forged a release to. No user code ran since the release.
+            if repl.reset_id is not None and not repl.fresh:
+                return self._reset(repl.reset_id, fallback=True)
+            return self._lose(status)
+        if reset_id is not None:  # it asked for a reset, then went on to exit
+            return self._reset(reset_id)
+        if note[1:2] == _TAMPERED:  # it answered its reset, then found its limits changed
+            return self._replace(None)
+        # (User code can forge any note: it then loses its own REPL, nothing more.)
+        return self._lose(status)
+
+    def _reset(
+        self, reset_id: int, *, old: _Repl | None = None, fallback: bool = False
+    ) -> int | None:
+        dying: set[int] = set()
+        if old is not None:
+            try:
+                os.kill(old.pid, signal.SIGKILL)  # stopped: it dies without running again
+            except OSError:
+                pass
+            if self.contained:  # the listing below shows its children anyway
+                dying.add(old.pid)
+            self._forget(old)
+            self.active = None
+        if not self._kill_others(dying):
+            return self._fail("processes of the previous REPL could not be killed")
+        if not all(_empty_dir(path) for path in self.scratch):
+            return self._fail("files of the previous REPL could not be removed")
+        spare, self.spare = (None, self.spare) if fallback else (self.spare, None)
+        if spare is not None:
+            if self._release(spare, reset_id):
+                self.active = spare
+                self._await_answer(spare)
+            else:
+                self._discard(spare)
+        # The answer is out: now let the old REPL's memory go before we fork, so its
+        # address space is reused for the next spare (under gVisor's ptrace platform every
+        # address space alive at once keeps host threads against the pids cap).
+        for pid in dying:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        if self.active is None:
+            return self._replace(reset_id)
+        return self._refill()
+
+    def _replace(self, reset_id: int | None) -> int | None:
+        """A fresh REPL forked now (answering ``reset_id``), then a new spare."""
+        if _fingerprint() != self.baseline:  # every REPL we fork would inherit it
+            return self._fail("sandbox code changed the limits or scheduling of the worker")
+        try:
+            self.active = self.fork(reset_id, park=False, fresh=True)
+        except OSError as exc:
+            return self._fail(f"no fresh REPL could be forked ({exc})")
+        return self._refill()
+
+    def _refill(self) -> int | None:
+        # No check of our own limits here: a spare inherits them, and checks them (with any
+        # change made to it while parked) before it serves. If they were changed, it says so,
+        # and _replace finds the change here.
+        if self.spare is None:
+            self.spare = self.fork_spare()
+        return None
+
+    def _discard(self, repl: _Repl) -> None:
+        try:
+            os.kill(repl.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        self._forget(repl)
+
+    # ---- cleaning up -------------------------------------------------------------------
+
+    def _others(self, keep: set[int]) -> list[int]:
+        if self.contained:
+            return [int(n) for n in os.listdir("/proc") if n.isdigit() and int(n) not in keep]
+        try:
+            with open(f"/proc/self/task/{self.pid}/children", "rb") as f:
+                kids = [int(n) for n in f.read().split()]
+        except OSError:  # no CONFIG_PROC_CHILDREN: look at every process's parent
+            kids = []
+            for name in os.listdir("/proc"):
+                if not name.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{name}/stat", "rb") as f:
+                        if int(f.read().rsplit(b")", 1)[1].split()[1]) == self.pid:
+                            kids.append(int(name))
+                except (OSError, IndexError, ValueError):
+                    continue
+        return [pid for pid in kids if pid not in keep]
+
+    def _kill_others(self, dying: set[int] | None = None, *, keep_spare: bool = True) -> bool:
+        """SIGKILL every process but us (and the parked spare) until none is left, reaping.
+
+        In a container that is every other process. On a host it is our children: killing
+        one hands its own children to us (the subreaper), so the loop reaches them next.
+        ``dying`` were killed while stopped: they run no more and are reaped later.
+        """
+        for _ in range(10_000):
+            keep = {self.pid, *(dying or ())}
+            if keep_spare and self.spare is not None:
+                keep.add(self.spare.pid)
+            others = self._others(keep)
+            if not others:
+                return True
+            for pid in others:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            self._reap()
+        return False
+
+    def _reap(self) -> None:
+        """Wait for one child to exit, then collect every other already gone."""
+        flags = 0
+        while True:
+            try:
+                pid, _status = os.waitpid(-1, flags)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self._reaped(pid)
+            flags = os.WNOHANG
+
+    def _terminate(self) -> None:
+        """Kill every process we answer for; remove the local private directory."""
+        self.active = None
+        try:
+            self._kill_others(keep_spare=False)
+        finally:
+            if self.private_dir is not None:
+                _empty_dir(self.private_dir)
+                try:
+                    os.rmdir(self.private_dir)
+                except OSError:
+                    pass
+
+    def _lose(self, status: int) -> int:
+        """The REPL died (not a reset): end the sandbox the way the REPL ended."""
+        self._terminate()
+        code = os.waitstatus_to_exitcode(status)
+        if code >= 0:
+            return code
+        if not self.contained:  # a host process: die of the same signal, as the REPL did
+            if -code not in (signal.SIGKILL, signal.SIGSTOP):
+                signal.signal(-code, signal.SIG_DFL)
+            os.kill(self.pid, -code)
+        return 128 - code
+
+    def _fail(self, why: str) -> int:
+        try:
+            os.write(2, f"worker: {why}; the sandbox cannot be reset safely\n".encode())
+        except OSError:
+            pass
+        self._terminate()
+        return _EXIT_INTERNAL
 
 
 def _parse_args(argv: list[str]) -> dict[str, float]:
@@ -699,40 +1522,33 @@ def main(argv: list[str] | None = None) -> int:
     memory_bytes, max_procs = int(opts["memory-bytes"]), int(opts["max-procs"])
 
     rfd, wfd = _private_channel()
-    worker = Worker(rfd, wfd, output_cap=int(opts["output-cap"]), timeout_s=opts["timeout"])
-    cap_fd = worker.fd_capture.fileno()
-    os.dup2(cap_fd, 1)
-    os.dup2(cap_fd, 2)
     sys.stdin = open(os.devnull)  # noqa: SIM115
-    sys.stdout = sys.stderr = io.TextIOWrapper(
-        os.fdopen(1, "wb", closefd=False), write_through=True
-    )
     if memory_bytes > 0:
-        import resource
-
         # A MemoryError in the code block beats the runtime killing the whole sandbox.
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     if max_procs > 0:
-        import resource
-
         # fork() fails with EAGAIN here, well before the container's pids cap, where the
-        # runtime itself could no longer start threads and the whole sandbox would die.
-        resource.setrlimit(resource.RLIMIT_NPROC, (max_procs, max_procs))
-    signal.signal(signal.SIGALRM, worker._on_signal)
-    signal.signal(signal.SIGINT, worker._on_signal)
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    worker.send(
+        # runtime itself could no longer start threads and the whole sandbox would die. It
+        # counts threads and processes of the user: ``max_procs`` is what the REPL may have,
+        # as before; the fork server and the parked spare come on top.
+        nproc = max_procs + 2
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+    server = ForkServer(rfd, wfd, output_cap=int(opts["output-cap"]), timeout_s=opts["timeout"])
+    signal.signal(signal.SIGINT, server.forward)
+    signal.signal(signal.SIGTERM, server.stop)
+    hello = proto.encode(
         proto.Frame(
             "hello",
             0,
             body={"python": sys.version.split()[0], "pid": os.getpid(), "uid": os.getuid()},
         )
     )
-    try:
-        worker.serve()
-    except EOFError:
-        return 0
-    return 0
+    view = memoryview(hello)
+    while view:
+        view = view[os.write(wfd, view) :]
+    server.harden()
+    gc.freeze()  # the REPLs share these objects copy-on-write: keep their GC off them
+    return server.run()
 
 
 if __name__ == "__main__":

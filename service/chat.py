@@ -219,7 +219,14 @@ class ChatService:
             if restored is not None:
                 session.turns = restored.turns
                 session.snapshot_at = restored.saved_at
-                session.notice = prompts.restored_notice(restored.unpicklable)
+                session.notice = prompts.restored_notice(
+                    restored.unpicklable, restored.turns, restored.saved_at
+                )
+                session.restored = {
+                    "snapshot_at": restored.saved_at,
+                    "turns": restored.turns,
+                    "unpicklable": list(restored.unpicklable),
+                }
                 self.metrics.restores.inc()
         session.hibernated = False
         # Name the container after its session so operators can find it (off the hot path).
@@ -245,6 +252,7 @@ class ChatService:
         opts = req.rlm
         created, session.new = session.new, False
         await self._ensure_sandbox(session, reset)
+        restored, session.restored = session.restored, None
         sandbox = session.sandbox
         assert sandbox is not None
         turn = session.turns
@@ -313,6 +321,7 @@ class ChatService:
             rlm={
                 "session_id": session.id,
                 "session_created": created,
+                "restored": restored,
                 "turn": turn,
                 "iterations": result.iterations,
                 "sub_calls": budget.sub_calls,

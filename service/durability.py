@@ -16,6 +16,7 @@ at a time, so an unpicklable value loses only itself), the host moves opaque byt
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -155,7 +156,7 @@ class Durability:
             extra=extra,
         )
         await self.store.put(lease.owner, lease.session_id, snap.blob, meta)
-        return meta
+        return dataclasses.replace(meta, size=len(snap.blob))
 
     async def load(self, lease: Lease, handle: SandboxHandle) -> Restored | None:
         """Restore the stored snapshot (if any) into a fresh sandbox."""

@@ -122,6 +122,7 @@ class Session:
     cannot_hibernate: str | None = None  # why it stays live (too large, store failing)
     lease: Lease | None = None  # this process's lease while it is live here
     notice: str | None = None  # told to the model on the next turn (restored, values lost)
+    restored: dict[str, Any] | None = None  # the next response's rlm.restored
     waiting: int = 0
     running: bool = False
     closed: bool = False

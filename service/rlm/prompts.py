@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 SYSTEM_PROMPT = """You answer a query about a context that may be far too large to read at once. \
@@ -111,11 +112,13 @@ def system_prompt(
     return prompt
 
 
-def restored_notice(unpicklable: tuple[str, ...]) -> str:
+def restored_notice(unpicklable: tuple[str, ...], turns: int, saved_at: float) -> str:
     """Told to the model on the first turn after a session came back from a snapshot."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(saved_at))
     text = (
-        "Note: this session was restored from a snapshot: your variables, `state` and the "
-        "earlier turns' context_N/history_N are back."
+        f"Note: this session was restored from a snapshot taken at {when}, after {turns} "
+        f"turn(s): your variables, `state` and the earlier turns' context_N/history_N as they "
+        "were then are back."
     )
     if unpicklable:
         names = ", ".join(unpicklable[:30]) + (" ..." if len(unpicklable) > 30 else "")

@@ -122,6 +122,8 @@ def test_runtime_role_starts_then_leaves_then_reloads_a_dockerd():
             runtimes, text=True
         )
         pid = (home / "docker.pid").read_text().strip()
+        live = ["docker", "-H", sock, "info", "--format", "{{.LiveRestoreEnabled}}"]
+        assert subprocess.check_output(live, text=True).strip() == "true"
 
         second = playbook("--tags", "runtime", *daemon_vars)
         assert recap_changed(second.stdout) == 0, second.stdout

@@ -88,7 +88,7 @@ class Service:
         return self.proc.returncode
 
     def logs(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")[-3000:]
+        return Path(self.log.name).read_text(errors="replace")
 
     def containers(self) -> list[Any]:
         return docker.from_env().containers.list(
@@ -163,7 +163,9 @@ def test_a_session_continues_on_another_process_after_sigterm(
     second = Service(up, store_url, "rlm-test-durable-b")
     services.append(second)
     sid = _turn_one(first, up)
-    assert first.stop() == 0, first.logs()  # the drain snapshots every live session
+    # The drain snapshots every live session; uvicorn re-raises the SIGTERM it handled.
+    assert first.stop() in (0, -signal.SIGTERM), first.logs()
+    assert "hibernated" in first.logs()
     assert first.containers() == []
     up.reset_stats()
     r = _turn_two(second, up, sid)

@@ -297,3 +297,48 @@ def test_json_nesting_is_capped_with_a_400(public: ServiceServer) -> None:
         timeout=30,
     )
     assert r.status_code == 400 and "recursion limit" in r.json()["error"]["message"]
+
+
+# ---- sandbox text is valid text ---------------------------------------------------------
+
+
+def test_lone_surrogates_from_a_sandbox_become_fffd_everywhere(
+    public: ServiceServer, up: ScriptedUpstream
+) -> None:
+    up.policy = Router(
+        [
+            _repl(
+                "print('out', chr(0xDC00))\nbad = 'v' + chr(0xD800)\n"
+                "answer['content'] = 'bad ' + chr(0xD800) + ' end'\nanswer['ready'] = True"
+            )
+        ]
+        * 2
+    )
+    headers = {"authorization": "Bearer key-alpha"}
+    r = httpx.post(
+        public.url + "/v1/chat/completions",
+        headers=headers,
+        json={"model": "rlm", "messages": [{"role": "user", "content": "q"}], "stream": False},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "bad \ufffd end"
+    sid = r.json()["rlm"]["session_id"]
+    listing = httpx.get(public.url + "/v1/sessions", headers=headers, timeout=30)
+    assert listing.status_code == 200
+    view = httpx.get(public.url + f"/v1/sessions/{sid}", headers=headers, timeout=30)
+    assert view.status_code == 200
+    bad = next(v for v in view.json()["variables"] if v["name"] == "bad")
+    assert bad["repr"] == "'v\\ud800'"  # repr() spells it out: valid text
+    run = view.json()["runs"][0]["id"]
+    events = httpx.get(public.url + f"/v1/sessions/{sid}/runs/{run}", headers=headers, timeout=30)
+    assert events.status_code == 200
+    (code,) = [e for e in events.json()["events"] if e["event"] == "code"]
+    assert code["stdout"] == "out \ufffd\n"
+    streamed = httpx.post(
+        public.url + "/v1/chat/completions",
+        headers={**headers, "x-rlm-session-id": sid},
+        json={"model": "rlm", "messages": [{"role": "user", "content": "q"}], "stream": True},
+        timeout=60,
+    )
+    assert streamed.status_code == 200 and "bad \ufffd end" in streamed.text

@@ -1,0 +1,100 @@
+"""Snapshots on both backends: a session's REPL leaves as one opaque blob and comes back in a
+fresh sandbox, one value at a time, naming what could not be kept."""
+
+from __future__ import annotations
+
+import pytest
+
+from sandbox.config import SandboxConfig
+from sandbox.errors import SnapshotOverCap
+from sandbox.handle import SandboxHandle
+from sandbox.pool import launch
+
+SETUP = """
+import json, threading
+numbers = list(range(10_000))
+nested = {'a': [1, 2, {'b': (3, 4)}], 'text': 'é' * 100}
+class Point:
+    def __init__(self, x): self.x = x
+p = Point(7)
+def double(x, k=2):
+    return helper_total(x) * k
+def helper_total(x):
+    return sum(x)
+lock = threading.Lock()
+gen = (i for i in range(3))
+state_set('counter', 41)
+state_set(('tuple', 'key'), b'bytes')
+"""
+
+
+async def test_a_snapshot_restores_into_a_fresh_sandbox(
+    sandbox: SandboxHandle, cfg: SandboxConfig
+) -> None:
+    await sandbox.load("the context " * 1000, "root", ("context_0", "context"))
+    r = await sandbox.exec(SETUP)
+    assert r.error is None, r
+    snap = await sandbox.snapshot(64 * 2**20)
+    # Classes defined in the REPL (and their instances) cannot be pickled by name; functions
+    # defined in it travel as code.
+    assert set(snap.unpicklable) == {"lock", "gen", "Point", "p"}
+    assert len(snap.blob) > 10_000
+    fresh = await launch(cfg)
+    try:
+        failed = await fresh.restore(snap.blob)
+        # Point's class is defined in the REPL itself, so it comes back with the REPL's
+        # namespace only if pickle can find it: a class defined in __main__ is, by name.
+        r = await fresh.exec(
+            "print(sum(numbers), nested['a'][2]['b'], len(context_0), json.dumps([1]),"
+            " state_get('counter') + 1, state[('tuple', 'key')], 'lock' in globals(),"
+            " double([1, 2]), double([1], k=5))"
+        )
+        assert r.error is None, r
+        assert r.stdout == "49995000 (3, 4) 12000 [1] 42 b'bytes' False 6 5\n", r.stdout
+        assert failed == []
+    finally:
+        await fresh.close()
+
+
+async def test_a_snapshot_over_its_cap_is_refused_and_the_session_lives_on(
+    sandbox: SandboxHandle,
+) -> None:
+    await sandbox.exec("big = 'x' * 3_000_000")
+    with pytest.raises(SnapshotOverCap) as info:
+        await sandbox.snapshot(1_000_000)
+    assert info.value.size > 3_000_000
+    r = await sandbox.exec("print(len(big))")
+    assert r.stdout == "3000000\n"
+
+
+async def test_a_large_snapshot_travels_in_pieces(
+    sandbox: SandboxHandle, cfg: SandboxConfig
+) -> None:
+    await sandbox.exec("import os, zlib\nblob = os.urandom(9 * 2**20)\nsig = zlib.crc32(blob)")
+    snap = await sandbox.snapshot(0)
+    fresh = await launch(cfg)
+    try:
+        assert await fresh.restore(snap.blob) == []
+        r = await fresh.exec("print(len(blob), zlib.crc32(blob) == sig)")
+        assert r.stdout == f"{9 * 2**20} True\n"
+    finally:
+        await fresh.close()
+
+
+async def test_a_snapshot_of_hostile_values_loses_only_them(
+    sandbox: SandboxHandle, cfg: SandboxConfig
+) -> None:
+    await sandbox.exec(
+        "class Evil:\n"
+        "    def __reduce__(self): raise RuntimeError('no')\n"
+        "evil = Evil()\nkept = 'yes'\n"
+    )
+    snap = await sandbox.snapshot(0)
+    assert snap.unpicklable == ["Evil", "evil"]
+    fresh = await launch(cfg)
+    try:
+        await fresh.restore(snap.blob)
+        assert await fresh.get_var("kept") == "yes"
+        assert await fresh.get_var("evil") is None
+    finally:
+        await fresh.close()
