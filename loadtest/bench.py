@@ -398,6 +398,13 @@ async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     stage("sandbox micro-benchmarks")
     rows += await sandbox_rows(args.quick)
+    stage("sessions: reset, snapshot/restore; a hostile sandbox's flood")
+    try:
+        from loadtest import bench_sessions
+
+        rows += await bench_sessions.rows(args.quick, row)
+    except Exception as exc:  # noqa: BLE001 - one broken section must not hide the others
+        rows.append(row("sessions", "section", note=f"failed: {type(exc).__name__}: {exc}"[:200]))
     stage("engine overhead")
     eng, ours_gap = await engine_rows(args.iterations, args.runs)
     rows += eng

@@ -29,7 +29,7 @@ class SandboxConfig:
     output_cap_chars: int = 1_000_000
     memory_mb: int = 1024
     cpus: float = 1.0
-    pids: int = 128
+    pids: int = 256
     tmpfs_mb: int = 256
     nofile: int = 256
     fsize_mb: int = 256

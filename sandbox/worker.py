@@ -156,7 +156,8 @@ class Worker:
         self.forked = False
         # A process forked by user code must never touch the channel: it would answer
         # requests meant for us or steal their bytes. Its copies of the fds are closed.
-        os.register_at_fork(after_in_child=self._after_fork_in_child)
+        if rfd >= 0:  # (not for the throwaway worker of warm_up)
+            os.register_at_fork(after_in_child=self._after_fork_in_child)
 
     def _after_fork_in_child(self) -> None:
         self.forked = True
@@ -607,7 +608,8 @@ class Worker:
                     import marshal
 
                     defaults, kwdefaults = pickle.loads(value[3])  # noqa: S301
-                    fn = type(_text)(marshal.loads(value[1]), root, value[2], defaults)  # noqa: S302
+                    make: Any = type(_text)  # types.FunctionType, without importing types
+                    fn = make(marshal.loads(value[1]), root, value[2], defaults)  # noqa: S302
                     fn.__kwdefaults__ = kwdefaults
                     return key, fn
                 return key, pickle.loads(value)  # noqa: S301

@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     rlm_sandbox_pool_size: int = Field(8, ge=0)
     rlm_sandbox_memory_mb: int = Field(1024, ge=128)
     rlm_sandbox_cpus: float = Field(1.0, gt=0)
-    rlm_sandbox_pids: int = Field(128, ge=64)
+    rlm_sandbox_pids: int = Field(256, ge=128)
     rlm_sandbox_tmpfs_mb: int = Field(256, ge=1)
     rlm_sandbox_start_timeout_s: float = Field(20.0, gt=0)
     rlm_instance: str = "rlm-py"

@@ -74,7 +74,7 @@ def docker_cfg(docker_ready: None) -> SandboxConfig:
         exec_timeout_s=2.0,
         hard_grace_s=3.0,
         memory_mb=256,
-        pids=64,
+        pids=192,  # the fork server and its spare need room; 64 died after a few resets
         tmpfs_mb=32,
         fsize_mb=32,
     )

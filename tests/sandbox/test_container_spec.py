@@ -69,6 +69,7 @@ SPEC_KEYS = {
 def test_sandboxes_go_first_when_the_host_runs_out_of_memory() -> None:
     assert spec(SandboxConfig())["oom_score_adj"] == 1000
 
+
 # containers.create/run arguments that would weaken the sandbox or reach the host.
 FORBIDDEN_KEYS = [
     "privileged", "cap_add", "volumes", "volumes_from", "mounts", "devices", "device_requests",
@@ -230,7 +231,7 @@ def test_spec_from_service_settings_has_no_secret(monkeypatch: pytest.MonkeyPatc
         "RLM_INSTANCE": "ci-1",
         "RLM_SANDBOX_MEMORY_MB": "512",
         "RLM_SANDBOX_CPUS": "1.5",
-        "RLM_SANDBOX_PIDS": "96",
+        "RLM_SANDBOX_PIDS": "160",
         "RLM_SANDBOX_TMPFS_MB": "48",
         "RLM_EXEC_TIMEOUT_S": "12",
         "OPENAI_API_KEY": SECRETS["OPENAI_API_KEY"],
@@ -245,7 +246,7 @@ def test_spec_from_service_settings_has_no_secret(monkeypatch: pytest.MonkeyPatc
         "ci-1",
     )
     assert s["mem_limit"] == s["memswap_limit"] == "512m"
-    assert s["nano_cpus"] == 1_500_000_000 and s["pids_limit"] == 96
+    assert s["nano_cpus"] == 1_500_000_000 and s["pids_limit"] == 160
     assert s["tmpfs"]["/tmp"].startswith("rw,nosuid,nodev,noexec,size=48m,")
     fsize = next(u for u in s["ulimits"] if u.name == "fsize")
     assert fsize.soft == fsize.hard == 48 * MIB
@@ -274,12 +275,12 @@ def test_specs_share_no_mutable_state() -> None:
 # ---- max_procs: RLIMIT_NPROC below the pids cap ------------------------------------------
 
 MAX_PROCS = [
-    pytest.param("runsc", 64, 3, id="runsc-64"),
-    pytest.param("runsc", 96, 7, id="runsc-96"),
-    pytest.param("runsc", 128, 11, id="runsc-128"),
-    pytest.param("runsc", 256, 27, id="runsc-256"),
-    pytest.param("runsc", 1024, 123, id="runsc-1024"),
-    pytest.param("runsc", 40, 2, id="runsc-floor"),
+    pytest.param("runsc", 64, 2, id="runsc-64"),
+    pytest.param("runsc", 128, 4, id="runsc-128"),
+    pytest.param("runsc", 192, 12, id="runsc-192"),
+    pytest.param("runsc", 256, 20, id="runsc-256"),
+    pytest.param("runsc", 1024, 116, id="runsc-1024"),
+    pytest.param("runsc", 96, 2, id="runsc-floor"),
     pytest.param("runsc", 10, 2, id="runsc-tiny-floor"),
     pytest.param("runc", 64, 56, id="runc-64"),
     pytest.param("runc", 128, 120, id="runc-128"),
@@ -293,8 +294,8 @@ def test_max_procs(runtime: str, pids: int, expected: int) -> None:
 
 
 @pytest.mark.parametrize("runtime", ["runsc", "runc"])
-@pytest.mark.parametrize("pids", [64, 65, 100, 128, 500, 4096])
+@pytest.mark.parametrize("pids", [128, 129, 160, 256, 500, 4096])
 def test_fork_limit_is_below_the_pids_cap(runtime: str, pids: int) -> None:
-    """From the service's minimum (RLM_SANDBOX_PIDS >= 64) up: fork fails before the cap."""
+    """From the service's minimum (RLM_SANDBOX_PIDS >= 128) up: fork fails before the cap."""
     cfg = dataclasses.replace(SandboxConfig(), runtime=runtime, pids=pids)
     assert 2 <= max_procs(cfg) < pids

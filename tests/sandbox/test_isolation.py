@@ -157,8 +157,10 @@ async def test_host_processes_are_not_visible(box: SandboxHandle) -> None:
         "print(cmds)",
     )
     pids, cmds = out.splitlines()
-    assert eval(pids) == [1], pids  # noqa: S307 - our own repr of a list of ints
+    # The fork server (pid 1), the live REPL and its parked spare: every one the worker.
+    assert set(eval(pids)) <= {1, 2, 3, 4} and 1 in eval(pids), pids  # noqa: S307 - our own repr
     assert "dockerd" not in cmds and "pytest" not in cmds and "import worker" in cmds
+    assert all(b"import worker" in c for c in eval(cmds)), cmds  # noqa: S307
     assert os.getpid() != 1
 
 

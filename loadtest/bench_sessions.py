@@ -1,0 +1,158 @@
+"""Benchmarks of the hardening and durable-session work, on real runsc sandboxes.
+
+* reset: ``await handle.reset()`` (a fresh interpreter from the fork server), aim < 10 ms;
+* snapshot and restore of a session holding 1 MB, 100 MB of context, or 10,000 small
+  variables: time and size (restore of the 1 MB session aims under 300 ms);
+* a hostile sandbox flooding its channel with the costliest frames it can forge: the worst
+  event-loop lag the service's other requests (``/healthz`` among them) would wait, the
+  service process's memory growth, and how long until the sandbox is cut off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import resource
+import time
+from typing import Any
+
+from sandbox.config import SandboxConfig
+from sandbox.errors import ProtocolViolation
+from sandbox.handle import SandboxHandle
+from sandbox.pool import launch
+
+FLOOD = """\
+import json, os, struct
+W = llm_query.__self__
+P = W.send.__globals__["proto"]
+EXEC_ID = W.exec_stack[-1]
+text = '\\U0001F600'.encode() * P.MAX_PROMPT_CHARS
+env = {'v': P.VERSION, 'type': 'call', 'id': 5, 'parent': EXEC_ID,
+       'body': {'kind': 'llm', 'prompt': {'\\x00': 0}, 'model': None, 'pad': [1e5] * 6500},
+       'strs': [len(text)]}
+data = json.dumps(env).encode() + b"\\n" + text
+frame = struct.pack(">II", len(data), 0) + data
+while True:
+    view = memoryview(frame)
+    while view:
+        view = view[os.write(W.wfd, view):]
+"""
+
+SMALL_VARS = "for i in range(10_000):\n    globals()[f'v{i}'] = {'i': i, 's': str(i) * 3}\n"
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def snapshot_and_restore(
+    cfg: SandboxConfig, setup: tuple[str, Any], n: int
+) -> dict[str, list[float]]:
+    """Seconds to snapshot and to restore (into a fresh sandbox), and the snapshot's MB."""
+    code, context = setup
+    out: dict[str, list[float]] = {"snapshot": [], "restore": [], "mb": []}
+    source = await launch(cfg)
+    try:
+        if context is not None:
+            await source.load(context, "root", ("context_0", "context"))
+        if code:
+            await source.exec(code)
+        for _ in range(n):
+            t0 = time.perf_counter()
+            snap = await source.snapshot(0)
+            out["snapshot"].append((time.perf_counter() - t0) * 1000)
+            out["mb"].append(len(snap.blob) / 2**20)
+            fresh = await launch(cfg)
+            try:
+                t0 = time.perf_counter()
+                await fresh.restore(snap.blob)
+                out["restore"].append((time.perf_counter() - t0) * 1000)
+            finally:
+                await fresh.close()
+    finally:
+        await source.close()
+    return out
+
+
+async def flood(cfg: SandboxConfig) -> dict[str, float]:
+    """One sandbox floods forged frames; the loop's worst lag and the process's RSS growth."""
+    box: SandboxHandle = await launch(dataclasses.replace(cfg, exec_timeout_s=20.0))
+    lags: list[float] = []
+    stop = asyncio.Event()
+
+    async def probe() -> None:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            await asyncio.sleep(0.01)
+            lags.append(time.perf_counter() - t0 - 0.01)
+
+    async def slow(kind: str, body: dict[str, Any]) -> Any:
+        await asyncio.sleep(30)
+        return "late"
+
+    rss0 = _rss_mb()
+    peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    task = asyncio.create_task(probe())
+    t0 = time.perf_counter()
+    outcome = "not cut off"
+    try:
+        await asyncio.wait_for(box.exec(FLOOD, on_call=slow), 60)
+    except ProtocolViolation:
+        outcome = "cut off (protocol_violation)"
+    except Exception as exc:  # noqa: BLE001 - reported in the row
+        outcome = f"{type(exc).__name__}"
+    cut = time.perf_counter() - t0
+    stop.set()
+    await task
+    await box.close()
+    return {
+        "worst_lag_ms": max(lags) * 1000 if lags else float("nan"),
+        "median_lag_ms": sorted(lags)[len(lags) // 2] * 1000 if lags else float("nan"),
+        "rss_growth_mb": _rss_mb() - rss0,
+        "peak_growth_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - peak0,
+        "cut_s": cut,
+        "outcome": outcome,  # type: ignore[dict-item]
+    }
+
+
+async def rows(quick: bool, row: Any) -> list[dict[str, Any]]:
+    """The section's rows, built with bench.row."""
+    from loadtest import bench_reset
+
+    cfg = SandboxConfig(instance=f"rlm-bench-sessions-{os.getpid()}")
+    out: list[dict[str, Any]] = []
+    n = 50 if quick else 200
+    spaced = await bench_reset.reset_round_trips(n, cfg, gap_s=0.05)
+    out.append({**row("sessions", "reset (fresh interpreter), 50 ms apart", aim="< 10 ms"),
+                "n": spaced["n"], "median": spaced["median"], "p95": spaced["p95"]})  # fmt: skip
+    burst = await bench_reset.reset_round_trips(n, cfg)
+    out.append({**row("sessions", "reset, back to back (waits for the spare's fork)"),
+                "n": burst["n"], "median": burst["median"], "p95": burst["p95"]})  # fmt: skip
+    cases = {
+        "1 MB context": ("", "x" * 2**20),
+        "100 MB context": ("", "y" * 100 * 2**20),
+        "10,000 small variables": (SMALL_VARS, None),
+    }
+    for label, setup in cases.items():
+        reps = 2 if "100 MB" in label else (3 if quick else 5)
+        got = await snapshot_and_restore(cfg, setup, reps)
+        aim = "< 300 ms" if label == "1 MB context" else ""
+        out.append(row("sessions", f"snapshot, {label}", got["snapshot"]))
+        out.append(row("sessions", f"restore, {label}", got["restore"], aim=aim))
+        out.append(row("sessions", f"snapshot size, {label}", got["mb"], unit="MB"))
+    f = await flood(cfg)
+    note = f"{f['outcome']} after {f['cut_s']:.2f} s; median lag {f['median_lag_ms']:.1f} ms"
+    out.append(row("hostile", "event-loop lag while a sandbox floods its channel (worst)",
+                   unit="ms", value=f["worst_lag_ms"], aim="< 100 ms", note=note))  # fmt: skip
+    out.append(row("hostile", "service memory growth during the flood (RSS / peak)", unit="MB",
+                   value=f["rss_growth_mb"],
+                   note=f"peak RSS grew {f['peak_growth_mb']:.0f} MB"))  # fmt: skip
+    from loadtest.stack import remove_containers
+
+    remove_containers(cfg.instance)
+    return out
