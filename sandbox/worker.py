@@ -549,13 +549,20 @@ class Worker:
 
         def take() -> bytes:
             root = self.namespaces.get("root", {})
-            names = [
-                p
-                for k, v in list(root.items())
-                if isinstance(k, str) and _user_name(k)
-                for p in [pack(k, v, k)]
-                if p is not None
-            ]
+            names: list[tuple[bytes, Any]] = []
+            # One value bound to several names (context and context_N) is kept once: the
+            # other names are aliases of the first.
+            first: dict[int, str] = {}
+            for k, v in list(root.items()):
+                if not (isinstance(k, str) and _user_name(k)):
+                    continue
+                if id(v) in first:
+                    names.append((pickle.dumps(k), ("alias", first[id(v)])))
+                    continue
+                packed = pack(k, v, k)
+                if packed is not None:
+                    first[id(v)] = k
+                    names.append(packed)
             state = [
                 p for k, v in list(self.state.items()) for p in [pack(k, v, f"state[{k!r}]")] if p
             ]
@@ -621,11 +628,22 @@ class Worker:
 
         def put() -> int:
             n = 0
+            aliases = []
             for key_blob, value in data.get("root", []):
+                if isinstance(value, tuple) and value[:1] == ("alias",):
+                    aliases.append((key_blob, value[1]))
+                    continue
                 item = unpack(key_blob, value)
                 if item is not None:
                     root[item[0]] = item[1]
                     n += 1
+            for key_blob, target in aliases:
+                name = pickle.loads(key_blob)  # noqa: S301
+                if target in root:
+                    root[name] = root[target]
+                    n += 1
+                else:
+                    failed.append(str(name)[:200])
             for key_blob, value in data.get("state", []):
                 item = unpack(key_blob, value)
                 if item is not None:

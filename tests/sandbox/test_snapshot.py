@@ -98,3 +98,20 @@ async def test_a_snapshot_of_hostile_values_loses_only_them(
         assert await fresh.get_var("evil") is None
     finally:
         await fresh.close()
+
+
+async def test_a_value_under_several_names_is_kept_once(
+    sandbox: SandboxHandle, cfg: SandboxConfig
+) -> None:
+    text = "z" * 2**20
+    await sandbox.load(text, "root", ("context_0", "context"))
+    await sandbox.exec("same = context\ncopy = context + ''")
+    snap = await sandbox.snapshot(0)
+    assert len(snap.blob) < 2.5 * 2**20  # context, context_0 and same: one copy; copy: another
+    fresh = await launch(cfg)
+    try:
+        assert await fresh.restore(snap.blob) == []
+        r = await fresh.exec("print(context is context_0 is same, len(copy))")
+        assert r.stdout == f"True {2**20}\n"
+    finally:
+        await fresh.close()
