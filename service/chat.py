@@ -22,7 +22,7 @@ from sandbox.pool import SandboxPool
 from service.admission import Admission, refuse_below_memory_floor
 from service.api.protocol import ChatCompletionRequest
 from service.config import Settings
-from service.durability import Durability
+from service.durability import Durability, SessionElsewhere
 from service.errors import (
     BadRequest,
     DeadlineExceeded,
@@ -116,6 +116,12 @@ class ChatService:
             session.turn(self.settings.rlm_session_queue),
             self.admission.slot(session.owner),
         ):
+            if session.closed:  # it hibernated, moved or was deleted while we waited
+                raise SessionElsewhere(
+                    f"session {session.id} left this process while the request waited; "
+                    "retry (its state is in the session store)",
+                    retry_after=1,
+                )
             record = RunRecord(id=f"traj-{uuid.uuid4().hex[:16]}", query=query)
             session.runs.append(record)
             t0 = time.perf_counter()

@@ -329,7 +329,10 @@ class SessionStore:
         key = (session.owner, session.id)
         if session.sandbox is None or not session.sandbox.alive or session.lease is None:
             return False
-        session.running = True  # no turn may start while the snapshot is taken
+        if session._lock.locked():
+            return False
+        await session._lock.acquire()  # no turn may start while the snapshot is taken
+        session.running = True
         try:
             meta = await self.durability.save(
                 session.lease,
@@ -351,6 +354,7 @@ class SessionStore:
             return False
         finally:
             session.running = False
+            session._lock.release()
         log.info("session %s hibernated (%d bytes)", session.id, meta.size)
         await self._drop(key)
         return True
@@ -417,8 +421,11 @@ class SessionStore:
 
             async def one(session: Session) -> None:
                 async with gate:
-                    session.waiting = 0
-                    session.running = False
+                    # Turns were cancelled after the grace period: let them unwind first.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(5):
+                            async with session._lock:
+                                pass
                     await self.hibernate(session)
 
             await asyncio.gather(*(one(s) for s in self.live()), return_exceptions=True)

@@ -12,10 +12,11 @@ import pytest
 from loadtest.upstream import Reply, Script, ScriptedUpstream, is_root_request, needle_policy
 from sandbox.config import SandboxConfig
 from sandbox.handle import SandboxHandle
-from sandbox.pool import launch
+from sandbox.pool import SandboxPool, launch
 from service.rlm.budget import Budget
 from service.rlm.engine import EngineConfig, RLMEngine
 from service.rlm.upstream import Upstream
+from tests.service.fake_aws import moto_endpoint  # noqa: F401 - the store tests' fixture
 
 
 class Router:
@@ -67,6 +68,14 @@ async def sandbox(local_cfg: SandboxConfig) -> AsyncIterator[SandboxHandle]:
     handle = await launch(local_cfg)
     yield handle
     await handle.close()
+
+
+@pytest.fixture
+async def pool(local_cfg: SandboxConfig) -> AsyncIterator[SandboxPool]:
+    """A pool of local sandboxes that keeps none warm (sessions tests start their own)."""
+    p = SandboxPool(local_cfg, 0)
+    yield p
+    await p.close()
 
 
 def make_budget(**kw: Any) -> Budget:

@@ -90,10 +90,13 @@ class Service:
     def logs(self) -> str:
         return Path(self.log.name).read_text(errors="replace")
 
-    def containers(self) -> list[Any]:
-        return docker.from_env().containers.list(
-            all=True, filters={"label": f"rlm-py.instance={self.instance}"}
+    def container_names(self) -> list[str]:
+        """Names of this instance's containers (sparse: a container removed while it is
+        listed must not fail the listing)."""
+        found = docker.from_env().containers.list(
+            all=True, sparse=True, filters={"label": f"rlm-py.instance={self.instance}"}
         )
+        return [n.lstrip("/") for c in found for n in c.attrs.get("Names", [])]
 
 
 @pytest.fixture
@@ -166,7 +169,7 @@ def test_a_session_continues_on_another_process_after_sigterm(
     # The drain snapshots every live session; uvicorn re-raises the SIGTERM it handled.
     assert first.stop() in (0, -signal.SIGTERM), first.logs()
     assert "hibernated" in first.logs()
-    assert first.containers() == []
+    assert first.container_names() == []
     up.reset_stats()
     r = _turn_two(second, up, sid)
     assert r.status_code == 200, r.text
@@ -192,7 +195,7 @@ def test_an_idle_session_hibernates_and_its_next_turn_restores_it(
     assert view["snapshot"]["unpicklable"] == ["lock"]
     # Its container is gone (removed just after the snapshot): only the warm pool's remain.
     deadline = time.monotonic() + 20
-    while any(sid in c.name for c in svc.containers()):
+    while any(sid in name for name in svc.container_names()):
         assert time.monotonic() < deadline, "the hibernated session's container was not removed"
         time.sleep(0.2)
     r = _turn_two(svc, up, sid)

@@ -6,18 +6,10 @@ import asyncio
 
 import pytest
 
-from sandbox.config import SandboxConfig
 from sandbox.pool import SandboxPool
 from service.admission import Admission
 from service.errors import NotFound, Overloaded, SessionLost
 from service.sessions import SessionStore, owner_of
-
-
-@pytest.fixture
-async def pool(local_cfg: SandboxConfig):
-    p = SandboxPool(local_cfg, 0)
-    yield p
-    await p.close()
 
 
 async def test_owner_isolation_and_lru_eviction_skips_busy(pool: SandboxPool) -> None:

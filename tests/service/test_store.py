@@ -4,11 +4,9 @@ server on loopback), plus what only one backend has and ``open_store``'s URL han
 from __future__ import annotations
 
 import asyncio
-import socket
 import stat
-import threading
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,56 +33,14 @@ from service.store import (
     trim_names,
 )
 from service.store import factory as store_factory
+from tests.service.fake_aws import REGION, free_port
 
-REGION = "us-east-1"
 MAX_BLOB = 1024 * 1024
 A = "a" * 64  # owners are key hashes: lower-case hex
 B = "b1" * 32
 
 
 # -- a moto server on loopback ------------------------------------------------------------
-
-
-class _Serialized:
-    """S3 and DynamoDB apply a conditional write atomically; moto, under its threaded
-    server, checks the condition and writes without a lock. One lock around each request
-    gives the fake the guarantee the real services give: the races tested here are ours."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.lock = threading.Lock()
-
-    def __call__(self, environ: Any, start_response: Any) -> Any:
-        with self.lock:
-            return self.app(environ, start_response)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-            mp.delenv(name, raising=False)
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", REGION)
-        port = _free_port()
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        server.start()
-        wsgi = server._server
-        assert wsgi is not None
-        wsgi.app = _Serialized(wsgi.app)
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            server.stop()
 
 
 def _s3(endpoint: str, **config: Any) -> Any:
@@ -459,7 +415,7 @@ async def test_s3_failures_are_store_unavailable(moto_endpoint: str) -> None:
     down = S3Store(
         "b",
         "",
-        client=_s3(f"http://127.0.0.1:{_free_port()}", retries={"max_attempts": 1}),
+        client=_s3(f"http://127.0.0.1:{free_port()}", retries={"max_attempts": 1}),
     )
     with pytest.raises(StoreUnavailable, match="RLM_SESSION_STORE"):
         await down.get(A, "s")

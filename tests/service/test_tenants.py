@@ -13,7 +13,6 @@ import httpx
 import pytest
 
 from loadtest.upstream import Reply, ScriptedUpstream
-from sandbox.config import SandboxConfig
 from sandbox.pool import SandboxPool
 from service.admission import Admission, available_mb, refuse_below_memory_floor
 from service.errors import Overloaded
@@ -75,13 +74,6 @@ async def test_the_system_prompt_lists_the_allowed_models(
 
 
 # ---- one key's share --------------------------------------------------------------------
-
-
-@pytest.fixture
-async def pool(local_cfg: SandboxConfig):
-    p = SandboxPool(local_cfg, 0)
-    yield p
-    await p.close()
 
 
 async def test_a_key_at_its_share_evicts_only_its_own_sessions(pool: SandboxPool) -> None:
