@@ -4,11 +4,24 @@ runsc-gofer, the containerd shim) hold, read from /proc. One reader for both ben
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 # Words in the command lines of the processes that serve a runsc container on the host.
 RUNSC_PROCESSES = ("runsc", "containerd-shim")
+
+
+def cmdlines() -> Iterator[tuple[int, str]]:
+    """(pid, command line) of every host process that can be read now (NULs as spaces)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue  # gone, or not ours to read
+        if raw:
+            yield int(pid), raw.replace(b"\0", b" ").decode("utf-8", "replace")
 
 
 def host_kb(
@@ -22,16 +35,13 @@ def host_kb(
     processes whose command line names that id (and, when ``only`` is given, one of its
     words). A process that vanishes or cannot be read while we look is skipped."""
     per = dict.fromkeys(ids, 0)
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
+    for pid, cmd in cmdlines():
+        if only and not any(word in cmd for word in only):
+            continue
+        hit = next((i for i in per if i in cmd), None)
+        if hit is None:
             continue
         try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-            if only and not any(word in cmd for word in only):
-                continue
-            hit = next((i for i in per if i in cmd), None)
-            if hit is None:
-                continue
             for line in Path(f"/proc/{pid}/{path}").read_text().splitlines():
                 if line.startswith(key):
                     per[hit] += int(line.split()[1])

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
 
 import pytest
 
+from loadtest.hostmem import cmdlines
 from sandbox.config import SandboxConfig
 from sandbox.handle import SandboxHandle
 from sandbox.pool import launch
@@ -49,17 +49,7 @@ def containers(instance: str = TEST_INSTANCE) -> list[str]:
 
 def processes_mentioning(container_id: str) -> list[str]:
     """Host processes (runsc-sandbox, runsc-gofer, containerd-shim...) naming a container."""
-    hits = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
-        except OSError:
-            continue
-        if container_id in cmd:
-            hits.append(f"{pid}: {cmd[:160]}")
+    hits = [f"{pid}: {cmd[:160]}" for pid, cmd in cmdlines() if container_id in cmd]
     return hits
 
 

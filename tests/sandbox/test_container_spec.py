@@ -80,7 +80,7 @@ FORBIDDEN_KEYS = [
 ]  # fmt: skip
 
 SECRETS = {
-    "OPENAI_API_KEY": "sk-host-secret-openai-0123456789",
+    "OPENAI_API_KEY": "fake-host-secret-openai-0123456789",  # a marker, not a key
     "RLM_API_KEYS": "client-key-alpha,client-key-beta",
     "AWS_SECRET_ACCESS_KEY": "aws-host-secret-abcdef",
     "AWS_ACCESS_KEY_ID": "AKIAHOSTSECRET",

@@ -38,6 +38,7 @@ import docker.errors
 import httpx
 import pytest
 
+from loadtest.hostmem import cmdlines
 from loadtest.upstream import (
     NotUp,
     ScriptedUpstream,
@@ -93,19 +94,6 @@ def repl_policy(body: dict[str, Any]) -> str:
 
 
 # ---- a dockerd of our own -------------------------------------------------------------------------
-
-
-def _cmdlines() -> Iterator[tuple[int, str]]:
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
-        except OSError:
-            continue
-        if cmd:
-            yield int(pid), cmd
 
 
 class TestDaemon:
@@ -200,12 +188,12 @@ class TestDaemon:
         lines: runsc's --root and the shim's containerd address live under the exec root)."""
         return {
             pid: cmd
-            for pid, cmd in _cmdlines()
+            for pid, cmd in cmdlines()
             if str(self.home) in cmd and ("runsc" in cmd or "containerd-shim" in cmd)
         }
 
     def all_processes(self) -> list[int]:
-        return [pid for pid, cmd in _cmdlines() if str(self.home) in cmd and pid != os.getpid()]
+        return [pid for pid, cmd in cmdlines() if str(self.home) in cmd and pid != os.getpid()]
 
     @contextlib.contextmanager
     def full_disk(self) -> Iterator[None]:
