@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import struct
 import time
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 LABEL_MANAGED = "rlm-py.managed"
 LABEL_INSTANCE = "rlm-py.instance"
 LABEL_SESSION = "rlm-py.session"
+# The host process that started the container: operators (and the tests) tell whose it is.
+LABEL_OWNER_PID = "rlm-py.owner-pid"
 # Imported as a module (not run as a script) so its bytecode, compiled into the image, is used.
 WORKER_CMD = [
     "python3", "-E", "-s", "-B", "-c",
@@ -110,7 +113,12 @@ def container_spec(cfg: SandboxConfig, name: str, session: str = "") -> dict[str
         # The container's environment is the image's: nothing of the service's is passed.
         "environment": {"HOME": "/tmp", "LANG": "C.UTF-8"},
         "hostname": "sandbox",
-        "labels": {LABEL_MANAGED: "1", LABEL_INSTANCE: cfg.instance, LABEL_SESSION: session},
+        "labels": {
+            LABEL_MANAGED: "1",
+            LABEL_INSTANCE: cfg.instance,
+            LABEL_SESSION: session,
+            LABEL_OWNER_PID: str(os.getpid()),
+        },
         # Frames are not logs: the json-file driver would copy every byte to disk.
         "log_config": {"type": "none"},
         "auto_remove": False,

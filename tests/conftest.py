@@ -41,9 +41,11 @@ def _docker_problem() -> str | None:
     if build.returncode != 0:
         return f"sandbox image {IMAGE} could not be built (`make image`): {build.stderr[-800:]}"
     # Containers of test instances left by an interrupted earlier run would fail the leak
-    # checks: they belong to no live test, so remove them first.
+    # checks: remove those whose test process is gone (a concurrent run keeps its own).
     for c in client.containers.list(all=True, filters={"label": "rlm-py.managed=1"}):
-        if c.labels.get("rlm-py.instance", "").startswith("rlm-test"):
+        owner = c.labels.get("rlm-py.owner-pid", "")
+        alive = owner.isdigit() and Path(f"/proc/{owner}").exists()
+        if c.labels.get("rlm-py.instance", "").startswith("rlm-test") and not alive:
             c.remove(force=True)
     return None
 

@@ -6,6 +6,7 @@ environment in it. No container is started: these run without Docker.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from sandbox.config import SandboxConfig
 from sandbox.docker_backend import (
     LABEL_INSTANCE,
     LABEL_MANAGED,
+    LABEL_OWNER_PID,
     LABEL_SESSION,
     WORKER_CMD,
     container_spec,
@@ -201,7 +203,12 @@ def test_default_runtime_is_gvisor() -> None:
 def test_labels_and_name(instance: str, session: str, name: str) -> None:
     s = container_spec(SandboxConfig(instance=instance), name, session)
     assert s["name"] == name
-    assert s["labels"] == {LABEL_MANAGED: "1", LABEL_INSTANCE: instance, LABEL_SESSION: session}
+    assert s["labels"] == {
+        LABEL_MANAGED: "1",
+        LABEL_INSTANCE: instance,
+        LABEL_SESSION: session,
+        LABEL_OWNER_PID: str(os.getpid()),
+    }
     assert all(isinstance(v, str) for v in s["labels"].values())
 
 
