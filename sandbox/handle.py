@@ -242,6 +242,10 @@ class SandboxHandle:
     def name(self) -> str:
         return self.process.name
 
+    def cpu_seconds(self) -> float | None:
+        """The sandbox's CPU time so far, read by the host (None where it cannot be)."""
+        return self.process.cpu_seconds()
+
     @property
     def alive(self) -> bool:
         return self.state in (SandboxState.STARTING, SandboxState.READY)

@@ -67,6 +67,10 @@ class SandboxProcess(abc.ABC):
         """Whatever the worker wrote outside the channel before it died (bounded)."""
         return ""
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time the sandbox has used so far, as the host accounts it (None: unknown)."""
+        return None
+
 
 class LocalProcess(SandboxProcess):
     """The worker as a host subprocess. NOT a sandbox: anything it runs can reach the host."""

@@ -24,15 +24,22 @@ Re-entrancy: while a code block waits for the reply to a model call, the worker 
 serving requests, so the host can run a child's code block (``rlm_query``) inside the same
 process. Replies that arrive for a call lower on the stack are kept until it resumes.
 
+Between code blocks nothing of user code runs: processes a block started are killed when it
+returns (each REPL is their subreaper, so daemons cannot slip away), and once user code has
+threads the REPL waits on the channel in a read(2) that keeps the GIL, so those threads run only
+while a block runs, on the block's host-measured time (see ``_Channel``).
+
 Soft limits live here (a timer raising ``TimeoutError`` in the code block, output caps); the
 hard ones (wall deadline, memory, pids, disk) are the host's and the container runtime's.
 """
 
 from __future__ import annotations
 
+import _thread
 import ast
 import builtins
 import collections
+import errno
 import gc
 import io
 import itertools
@@ -68,6 +75,7 @@ HELPERS = frozenset(
 )  # fmt: skip
 _FINAL_KEY = "__rlm_final__"
 _LINECACHE_KEEP = 64
+_CLASS_BLOCKS_KEEP = 256  # older blocks kept for their class statements (snapshots)
 
 
 def short_repr(value: Any, limit: int = 200) -> str:
@@ -153,7 +161,11 @@ class Worker:
         self.stdio: io.TextIOWrapper | None = None  # sys.stdout/stderr on fd 1, once started
         self.rbuf = bytearray()
         self.repl_files: collections.deque[str] = collections.deque()
+        self.class_files: list[str] = []
         self.forked = False
+        self.libc: Any = None  # the fork server's ctypes handle (None: plain os.read/write)
+        self.contained = False  # PID 1's REPL in a container (see _stop_processes)
+        self.proc_links = 0  # /proc's link count with no process of user code (contained)
         # A process forked by user code must never touch the channel: it would answer
         # requests meant for us or steal their bytes. Its copies of the fds are closed.
         if rfd >= 0:  # (not for the throwaway worker of warm_up)
@@ -186,6 +198,10 @@ class Worker:
         os.dup2(cap_fd, 1)
         os.dup2(cap_fd, 2)
         sys.stdout = sys.stderr = self.stdio or _stdio()
+        if self.contained:
+            # Our own session: processes of user code are in it or in sessions of their own,
+            # never in the server's (session 1), where the parked spare is. See _stop_processes.
+            os.setsid()
         os.write(self.notify_fd, _SERVING)
         if reset_id is not None:
             _discard_unread(self.rfd)
@@ -239,7 +255,11 @@ class Worker:
             return out
         if n - have < 65536:
             while len(self.rbuf) < n:
-                chunk = os.read(self.rfd, 65536)
+                if self.libc is None or not _thread._count():
+                    chunk: bytes | bytearray = os.read(self.rfd, 65536)
+                else:
+                    chunk = bytearray(65536)
+                    del chunk[self._readinto(chunk, 0) :]
                 if not chunk:
                     raise EOFError("host closed the channel")
                 self.rbuf += chunk
@@ -247,14 +267,33 @@ class Worker:
         buf = bytearray(n)  # a large blob: read it in place, no buffer copies
         buf[:have] = self.rbuf
         self.rbuf.clear()
-        view = memoryview(buf)
         got = have
         while got < n:
-            count = os.readv(self.rfd, [view[got:]])
+            count = self._readinto(buf, got)
             if count == 0:
                 raise EOFError("host closed the channel")
             got += count
         return bytes(buf)
+
+    def _readinto(self, buf: bytearray, offset: int) -> int:
+        """read(2) of the channel into ``buf[offset:]``.
+
+        While threads of user code exist, the read keeps the GIL (a ctypes.PyDLL call), so
+        they cannot run while we wait for the host: between blocks, and while the host serves
+        a block's model calls (time it does not count as the block's).
+        """
+        if self.libc is None or not _thread._count():
+            return os.readv(self.rfd, [memoryview(buf)[offset:]])
+        import ctypes
+
+        window = (ctypes.c_char * (len(buf) - offset)).from_buffer(buf, offset)
+        while True:
+            count = int(self.libc.read(self.rfd, window, len(buf) - offset))
+            if count >= 0:
+                return count
+            err = ctypes.get_errno()
+            if err != errno.EINTR:  # (on EINTR Python runs the signal's handler, then we retry)
+                raise OSError(err, os.strerror(err))
 
     def read_frame(self) -> proto.Frame:
         self._leave_if_forked()
@@ -274,10 +313,67 @@ class Worker:
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(self.wfd, view) :]
+                view = view[self._write(view) :]
         finally:
             self.in_io = False
         self._raise_pending()
+
+    def _write(self, view: memoryview) -> int:
+        """write(2) to the channel; like ``_readinto`` it keeps the GIL while threads exist."""
+        if self.libc is None or not _thread._count():
+            return os.write(self.wfd, view)
+        import ctypes
+
+        chunk = bytes(view[: 1 << 20])
+        while True:
+            count = int(self.libc.write(self.wfd, chunk, len(chunk)))
+            if count >= 0:
+                return count
+            err = ctypes.get_errno()
+            if err != errno.EINTR:
+                raise OSError(err, os.strerror(err))
+
+    def _stop_processes(self) -> int:
+        """Kill every process user code started; how many were still running.
+
+        Called when a top-level block returns: nothing of it may burn CPU until the next.
+        On a host we are the subreaper of our processes, so they are our descendants. In a
+        container gVisor does not hand orphans to a subreaper (measured: a double-forked
+        grandchild went to PID 1): there they are every process outside session 1, the
+        server's (a session cannot be joined, and the REPL left session 1 at its start).
+        """
+        self._leave_if_forked()  # a child of user code's fork must not kill its parent
+        me = os.getpid()
+        if not self.contained:
+            try:
+                os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return 0  # no child, so no descendant: the usual case, one system call
+        else:
+            # Listing the processes costs ~3 ms under runsc; /proc's link count (one per
+            # process in gVisor) ~0.05 ms: look only when there are more than last time.
+            if os.stat("/proc").st_nlink <= self.proc_links:
+                return 0
+        stopped: set[int] = set()
+        for _ in range(1000):
+            found = _user_processes(me) if self.contained else _children(me)
+            kids = [(pid, state) for pid, state in found if state not in ("Z", "X")]
+            if not kids:
+                break
+            for pid, state in kids:
+                if state != "Z":
+                    stopped.add(pid)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            if self.contained:  # some are PID 1's children (orphans): it reaps those
+                _reap_all(block=False)
+                time.sleep(0.001)
+            else:
+                _reap_all(block=True)
+        _reap_all(block=False)
+        return len(stopped)
 
     def _raise_pending(self) -> None:
         exc, self.pending_signal = self.pending_signal, None
@@ -513,19 +609,68 @@ class Worker:
     # loses only itself and is named. Modules are kept by name and imported again. Written
     # and read only here, in sandboxes of the same session: the host moves opaque bytes.
 
+    def _class_sources(self, names: set[str]) -> dict[str, tuple[int, str]]:
+        """The source of the latest top-level ``class <name>`` statement, decorators
+        included, among the REPL blocks still in the line cache; (block order, source)."""
+        found: dict[str, tuple[int, str]] = {}
+        for order, fname in enumerate([*self.class_files, *self.repl_files]):
+            entry = linecache.cache.get(fname)
+            if entry is None or len(entry) != 4 or not names:
+                continue
+            lines = list(entry[2])
+            try:
+                tree = ast.parse("".join(lines))
+            except (SyntaxError, ValueError):
+                continue
+            for node in tree.body:
+                if isinstance(node, ast.ClassDef) and node.name in names:
+                    start = min([d.lineno for d in node.decorator_list] + [node.lineno]) - 1
+                    end = node.end_lineno or node.lineno
+                    found[node.name] = (order, "".join(lines[start:end]))
+        return found
+
     def op_snapshot(self, frame: proto.Frame) -> dict[str, Any]:
         import pickle  # only when a session hibernates: imports cost start-up time
 
         cap = int(frame.body.get("max_bytes") or 0)
         lost: list[str] = []
         mod_type = type(os)
-
         func_type = type(_text)
+        root = self.namespaces.get("root", {})
+        # Classes and functions defined in the REPL cannot be pickled by name (pickle looks
+        # for them in the real __main__): inside values they are references to the name the
+        # namespace binds them to, and they travel themselves as source (classes: the class
+        # statement, re-run at restore) or code (functions).
+        classes = {
+            k for k, v in root.items()
+            if isinstance(v, type) and v.__module__ == "__main__" and v.__name__ == k
+        }  # fmt: skip
+        sources = self._class_sources(classes)
+
+        class Pickler(pickle.Pickler):
+            refers = False
+
+            def persistent_id(self, obj: Any) -> Any:
+                if isinstance(obj, type | func_type) and obj.__module__ == "__main__":
+                    name = obj.__name__
+                    if root.get(name) is obj and (name in sources or isinstance(obj, func_type)):
+                        self.refers = True
+                        return ("ns", name)
+                return None
+
+        def dumps(value: Any) -> tuple[bytes, bool]:
+            buf = io.BytesIO()
+            pickler = Pickler(buf, pickle.HIGHEST_PROTOCOL)
+            pickler.dump(value)
+            return buf.getvalue(), pickler.refers
 
         def pack(key: Any, value: Any, label: str) -> tuple[bytes, Any] | None:
             try:
                 if isinstance(value, mod_type):
                     return pickle.dumps(key), ("module", value.__name__)
+                if isinstance(value, type) and key in sources:
+                    order, source = sources[key]
+                    return pickle.dumps(key), ("class", order, source)
                 if (
                     isinstance(value, func_type)
                     and value.__module__ == "__main__"
@@ -538,9 +683,10 @@ class Worker:
                         "function",
                         marshal.dumps(value.__code__),
                         value.__name__,
-                        pickle.dumps(extra),
+                        dumps(extra)[0],
                     )
-                return pickle.dumps(key), pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+                data, refers = dumps(value)
+                return pickle.dumps(key), (("refers", data) if refers else data)
             except (KeyboardInterrupt, TimeoutError):
                 raise
             except BaseException:  # noqa: BLE001 - hostile __reduce__ included: it is lost
@@ -548,7 +694,6 @@ class Worker:
                 return None
 
         def take() -> bytes:
-            root = self.namespaces.get("root", {})
             names: list[tuple[bytes, Any]] = []
             # One value bound to several names (context and context_N) is kept once: the
             # other names are aliases of the first.
@@ -605,20 +750,35 @@ class Worker:
         failed: list[str] = []
         root = self.namespace("root")
 
+        class Unpickler(pickle.Unpickler):
+            def persistent_load(self, pid: Any) -> Any:
+                if isinstance(pid, tuple) and len(pid) == 2 and pid[0] == "ns" and pid[1] in root:
+                    return root[pid[1]]
+                raise pickle.UnpicklingError(f"{pid!r} is not in the namespace")
+
+        def loads(blob: bytes) -> Any:
+            return Unpickler(io.BytesIO(blob)).load()
+
         def unpack(key_blob: bytes, value: Any) -> tuple[Any, Any] | None:
             key: Any = "<a key>"
             try:
                 key = pickle.loads(key_blob)  # noqa: S301
                 if isinstance(value, tuple) and value[:1] == ("module",):
                     return key, importlib.import_module(value[1])
+                if isinstance(value, tuple) and value[:1] == ("class",):
+                    # Its class statement, re-run where it first ran: in the namespace.
+                    exec(compile(value[2], f"<restored class {key}>", "exec"), root)  # noqa: S102
+                    return key, root[key]
                 if isinstance(value, tuple) and value[:1] == ("function",):
                     import marshal
 
-                    defaults, kwdefaults = pickle.loads(value[3])  # noqa: S301
+                    defaults, kwdefaults = loads(value[3])
                     make: Any = type(_text)  # types.FunctionType, without importing types
                     fn = make(marshal.loads(value[1]), root, value[2], defaults)  # noqa: S302
                     fn.__kwdefaults__ = kwdefaults
                     return key, fn
+                if isinstance(value, tuple) and value[:1] == ("refers",):
+                    return key, loads(value[1])
                 return key, pickle.loads(value)  # noqa: S301
             except (KeyboardInterrupt, TimeoutError):
                 raise
@@ -626,13 +786,31 @@ class Worker:
                 failed.append((key if isinstance(key, str) else _safe_str(key))[:200])
                 return None
 
+        def phase(value: Any) -> int:
+            """Restore order: plain values (what class statements may use), classes in the
+            order they were defined, functions, then values that refer to either."""
+            kind = value[0] if isinstance(value, tuple) and value else None
+            if kind == "class":
+                return 1
+            if kind == "function":
+                return 2
+            if kind == "refers":
+                return 3
+            return 0
+
         def put() -> int:
             n = 0
             aliases = []
+            entries = []
             for key_blob, value in data.get("root", []):
                 if isinstance(value, tuple) and value[:1] == ("alias",):
                     aliases.append((key_blob, value[1]))
                     continue
+                entries.append((key_blob, value))
+            entries.sort(
+                key=lambda e: (phase(e[1]), e[1][1] if phase(e[1]) == 1 else 0)
+            )  # a stable sort: the snapshot's order within each phase
+            for key_blob, value in entries:
                 item = unpack(key_blob, value)
                 if item is not None:
                     root[item[0]] = item[1]
@@ -749,7 +927,13 @@ class Worker:
         linecache.cache[fname] = (len(code), None, code.splitlines(True), fname)
         self.repl_files.append(fname)
         if len(self.repl_files) > _LINECACHE_KEEP:
-            linecache.cache.pop(self.repl_files.popleft(), None)
+            old = self.repl_files.popleft()
+            entry = linecache.cache.get(old)
+            text = "".join(entry[2]) if entry is not None and len(entry) == 4 else ""
+            if "class " in text and len(self.class_files) < _CLASS_BLOCKS_KEEP:
+                self.class_files.append(old)  # a snapshot may need its class statements
+            else:
+                linecache.cache.pop(old, None)
 
         out, err = CappedText(cap), CappedText(cap)
         before = {k: id(v) for k, v in ns.items() if _user_name(k)}
@@ -807,6 +991,12 @@ class Worker:
                 signal.setitimer(signal.ITIMER_REAL, *prev_timer)
         if not self.exec_stack:  # values handed to children that never started
             self.handoff.clear()
+            stopped = self._stop_processes()
+            if stopped:
+                err.write(
+                    f"[rlm] {stopped} process(es) this block started were stopped: "
+                    "processes do not outlive the code block that starts them\n"
+                )
         stdout = out.getvalue() + self._drain_fd_capture(cap)
         body: dict[str, Any] = {
             "stdout": stdout,
@@ -1042,6 +1232,53 @@ def _yama_scope() -> int:
         return 0
 
 
+def _children(parent: int) -> list[tuple[int, str]]:
+    """The children of ``parent`` with their state letter ("Z": exited, not yet reaped)."""
+    kids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 1 and fields[1] == str(parent).encode():
+            kids.append((int(name), fields[0].decode("ascii", "replace")))
+    return kids
+
+
+def _user_processes(me: int) -> list[tuple[int, str]]:
+    """Every process but PID 1, ``me`` and those in session 1, with its state letter."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in (1, me):
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 3 and fields[3] != b"1":
+            found.append((int(name), fields[0].decode("ascii", "replace")))
+    return found
+
+
+def _reap_all(*, block: bool) -> list[int]:
+    """Collect exited children: wait for one first when ``block``; the pids collected."""
+    flags = 0 if block else os.WNOHANG
+    reaped: list[int] = []
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, flags)
+        except ChildProcessError:
+            return reaped
+        if pid == 0:
+            return reaped
+        reaped.append(pid)
+        flags = os.WNOHANG
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -1108,6 +1345,8 @@ class ForkServer:
         self.spare: _Repl | None = None
         self.fds: set[int] = set()  # descriptors a REPL must not inherit
         self.prctl: Any = None
+        self.held_libc: Any = None
+        self.proc_links = 0
         self.baseline = _fingerprint()
 
     def _scratch_dirs(self) -> list[str]:
@@ -1147,21 +1386,31 @@ class ForkServer:
         (measured with runsc 2022-12-19: ptrace attach EPERM, /proc/<pid>/mem EACCES for the
         parent and a sibling, dumpable or not, and /proc/sys is not writable) and ignores
         dumpability for /proc/<pid>/fd and environ, so in such a container PR_SET_DUMPABLE
-        would add nothing but ~20 ms of loading _ctypes at every start. Elsewhere it is set;
-        and a server that is not PID 1 becomes a child subreaper, so orphans of user code
-        come back to it to be killed.
+        would add nothing. Elsewhere it is set; and a server that is not PID 1 becomes a child
+        subreaper, so orphans of user code come back to it to be killed.
+
+        It also loads ctypes (~20-40 ms once per sandbox under runsc, shared by every REPL it
+        forks): each REPL is the subreaper of its own processes, and keeps the GIL while it
+        waits on the channel once user code has threads.
         """
-        if self.contained and _yama_scope() >= 1:
-            return
-        try:
-            import ctypes
-        except ImportError:  # pragma: no cover - every CPython build we run has it
-            return
+        import ctypes
+
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
+        self.prctl = libc.prctl
+        held = ctypes.PyDLL(None, use_errno=True)  # calls through it keep the GIL
+        for name in ("read", "write"):
+            fn = getattr(held, name)
+            fn.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t)
+            fn.restype = ctypes.c_ssize_t
+        self.held_libc = held
+        # /proc's link count is a constant plus one per process (gVisor and Linux alike):
+        # with the server, one REPL and the spare, a REPL expects this many.
+        names = os.listdir("/proc")
+        self.proc_links = os.stat("/proc").st_nlink - sum(n.isdigit() for n in names) + 3
+        if not (self.contained and _yama_scope() >= 1):
+            libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
         if not self.contained:
             libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-            self.prctl = libc.prctl
 
     def forward(self, signum: int, _frame: Any = None) -> None:
         """The host interrupts the sandbox (SIGINT to its first process): pass it on."""
@@ -1240,10 +1489,15 @@ class ForkServer:
             if fd >= 0:
                 os.close(fd)
         os.set_blocking(notify_w, False)
-        if self.prctl is not None:  # a host process: die with the server
-            self.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            if os.getppid() != self.pid:
-                return 0
+        worker.libc, worker.contained = self.held_libc, self.contained
+        worker.proc_links = self.proc_links
+        if self.prctl is not None:
+            # Processes of user code stay ours to kill when their block returns.
+            self.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+            if not self.contained:  # a host process: die with the server
+                self.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+                if os.getppid() != self.pid:
+                    return 0
         if release_r < 0:
             worker.start(reset_id)
         else:
@@ -1437,21 +1691,7 @@ class ForkServer:
     def _others(self, keep: set[int]) -> list[int]:
         if self.contained:
             return [int(n) for n in os.listdir("/proc") if n.isdigit() and int(n) not in keep]
-        try:
-            with open(f"/proc/self/task/{self.pid}/children", "rb") as f:
-                kids = [int(n) for n in f.read().split()]
-        except OSError:  # no CONFIG_PROC_CHILDREN: look at every process's parent
-            kids = []
-            for name in os.listdir("/proc"):
-                if not name.isdigit():
-                    continue
-                try:
-                    with open(f"/proc/{name}/stat", "rb") as f:
-                        if int(f.read().rsplit(b")", 1)[1].split()[1]) == self.pid:
-                            kids.append(int(name))
-                except (OSError, IndexError, ValueError):
-                    continue
-        return [pid for pid in kids if pid not in keep]
+        return [pid for pid, _state in _children(self.pid) if pid not in keep]
 
     def _kill_others(self, dying: set[int] | None = None, *, keep_spare: bool = True) -> bool:
         """SIGKILL every process but us (and the parked spare) until none is left, reaping.
@@ -1477,16 +1717,8 @@ class ForkServer:
 
     def _reap(self) -> None:
         """Wait for one child to exit, then collect every other already gone."""
-        flags = 0
-        while True:
-            try:
-                pid, _status = os.waitpid(-1, flags)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid in _reap_all(block=True):
             self._reaped(pid)
-            flags = os.WNOHANG
 
     def _terminate(self) -> None:
         """Kill every process we answer for; remove the local private directory."""

@@ -35,22 +35,19 @@ async def test_a_snapshot_restores_into_a_fresh_sandbox(
     r = await sandbox.exec(SETUP)
     assert r.error is None, r
     snap = await sandbox.snapshot(64 * 2**20)
-    # Classes defined in the REPL (and their instances) cannot be pickled by name; functions
-    # defined in it travel as code.
-    assert set(snap.unpicklable) == {"lock", "gen", "Point", "p"}
+    # Classes defined in the REPL travel as their class statement, functions as code.
+    assert set(snap.unpicklable) == {"lock", "gen"}
     assert len(snap.blob) > 10_000
     fresh = await launch(cfg)
     try:
         failed = await fresh.restore(snap.blob)
-        # Point's class is defined in the REPL itself, so it comes back with the REPL's
-        # namespace only if pickle can find it: a class defined in __main__ is, by name.
         r = await fresh.exec(
             "print(sum(numbers), nested['a'][2]['b'], len(context_0), json.dumps([1]),"
             " state_get('counter') + 1, state[('tuple', 'key')], 'lock' in globals(),"
-            " double([1, 2]), double([1], k=5))"
+            " double([1, 2]), double([1], k=5), p.x, isinstance(p, Point))"
         )
         assert r.error is None, r
-        assert r.stdout == "49995000 (3, 4) 12000 [1] 42 b'bytes' False 6 5\n", r.stdout
+        assert r.stdout == "49995000 (3, 4) 12000 [1] 42 b'bytes' False 6 5 7 True\n", r.stdout
         assert failed == []
     finally:
         await fresh.close()
@@ -88,12 +85,17 @@ async def test_a_snapshot_of_hostile_values_loses_only_them(
         "class Evil:\n"
         "    def __reduce__(self): raise RuntimeError('no')\n"
         "evil = Evil()\nkept = 'yes'\n"
+        # A class statement that cannot run again (its body used up what it read): it is
+        # lost at restore, with what refers to it, and nothing else.
+        "once = [1]\n"
+        "class Once:\n    token = once.pop()\n"
+        "one = Once()\n"
     )
     snap = await sandbox.snapshot(0)
-    assert snap.unpicklable == ["Evil", "evil"]
+    assert snap.unpicklable == ["evil"]  # Evil itself travels as its class statement
     fresh = await launch(cfg)
     try:
-        await fresh.restore(snap.blob)
+        assert sorted(await fresh.restore(snap.blob)) == ["Once", "one"]
         assert await fresh.get_var("kept") == "yes"
         assert await fresh.get_var("evil") is None
     finally:
@@ -113,5 +115,68 @@ async def test_a_value_under_several_names_is_kept_once(
         assert await fresh.restore(snap.blob) == []
         r = await fresh.exec("print(context is context_0 is same, len(copy))")
         assert r.stdout == f"True {2**20}\n"
+    finally:
+        await fresh.close()
+
+
+CLASSES = """
+from dataclasses import dataclass, field
+
+@dataclass
+class Item:
+    name: str
+    tags: list = field(default_factory=list)
+
+class Base:
+    def kind(self):
+        return 'base'
+
+class Counter(Base):
+    def __init__(self):
+        self.n = 0
+    def incr(self):
+        self.n += 1
+        return self.n
+    def kind(self):
+        return 'counter:' + super().kind()
+
+items = [Item('a', ['x']), Item('b')]
+counter = Counter()
+counter.incr(); counter.incr()
+def score(item):
+    return len(item.tags)
+registry = {'score': score, 'cls': Counter, 'first': items[0]}
+state_set('best', items[0])
+"""
+
+
+async def test_classes_defined_in_the_repl_and_their_instances_come_back(
+    sandbox: SandboxHandle, cfg: SandboxConfig
+) -> None:
+    r = await sandbox.exec(CLASSES)
+    assert r.error is None, r.output()
+    # A class redefined later: instances of the old one cannot be rebuilt (listed), those of
+    # the new one can.
+    r = await sandbox.exec("class Old:\n    pass\nold = Old()\nclass Old:\n    v = 2\nnew = Old()")
+    assert r.error is None, r.output()
+    snap = await sandbox.snapshot(0)
+    assert set(snap.unpicklable) == {"old"}
+    fresh = await launch(cfg)
+    try:
+        failed = await fresh.restore(snap.blob)
+        assert failed == []
+        r = await fresh.exec(
+            "print(items, counter.incr(), counter.kind(), isinstance(counter, Base),"
+            " registry['score'](registry['first']), registry['cls'] is Counter,"
+            # (Values are pickled one by one: shared objects inside two values become
+            # equal copies, as in any per-value store.)
+            " registry['first'] == items[0], state_get('best') == items[0],"
+            " type(new).v, Item('c'))"
+        )
+        assert r.error is None, r.output()
+        assert r.stdout == (
+            "[Item(name='a', tags=['x']), Item(name='b', tags=[])] 3 counter:base True 1 True"
+            " True True 2 Item(name='c', tags=[])\n"
+        ), r.stdout
     finally:
         await fresh.close()
