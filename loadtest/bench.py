@@ -14,7 +14,9 @@ Sections:
 4. capacity: with the upstream at 200 ms per call, the most concurrent sessions (closed loop
    of needle requests; 2, 5, 10, 20, 40, 80, stopping at the first miss) whose p95 latency
    stays within 100 ms of the upstream's share (two calls, 400 ms), and host memory per
-   session (RSS of each container's shim, runsc-sandbox and runsc-gofer processes).
+   session (RSS of each container's shim, runsc-sandbox and runsc-gofer processes);
+5. progress (``loadtest.bench_progress``): time to the first progress chunk, the cost of
+   progress streaming per iteration, a background run's create, poll and resume.
 """
 
 from __future__ import annotations
@@ -405,6 +407,13 @@ async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
         rows += await bench_sessions.rows(args.quick, row)
     except Exception as exc:  # noqa: BLE001 - one broken section must not hide the others
         rows.append(row("sessions", "section", note=f"failed: {type(exc).__name__}: {exc}"[:200]))
+    stage("progress: time to first progress, its cost per iteration, background runs")
+    try:
+        from loadtest import bench_progress
+
+        rows += await bench_progress.rows(args.quick, row)
+    except Exception as exc:  # noqa: BLE001 - one broken section must not hide the others
+        rows.append(row("progress", "section", note=f"failed: {type(exc).__name__}: {exc}"[:200]))
     stage("engine overhead")
     eng, ours_gap = await engine_rows(args.iterations, args.runs)
     rows += eng

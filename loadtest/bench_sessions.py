@@ -5,7 +5,11 @@
   variables: time and size (restore of the 1 MB session aims under 300 ms);
 * a hostile sandbox flooding its channel with the costliest frames it can forge: the worst
   event-loop lag the service's other requests (``/healthz`` among them) would wait, the
-  service process's memory growth, and how long until the sandbox is cut off.
+  service process's memory growth, and how long until the sandbox is cut off;
+* what a session costs the host live (its sandbox: runsc, gofer and shim PSS, plus the
+  container's memory cgroup) and hibernated (its snapshot in the store; a hibernated session
+  leaves the service's memory altogether), for sessions holding a 1 MB context, and the
+  same for 1,000 sessions.
 """
 
 from __future__ import annotations
@@ -120,6 +124,28 @@ async def flood(cfg: SandboxConfig) -> dict[str, float]:
     }
 
 
+async def live_and_hibernated(cfg: SandboxConfig, n: int) -> dict[str, list[float]]:
+    """Per session holding a 1 MB context: host MB while live (PSS of its runsc processes,
+    its memory cgroup) and MB of its snapshot (what it costs hibernated)."""
+    from loadtest.bench_sandbox import cgroup_mb, host_pss_mb
+
+    boxes = [await launch(cfg) for _ in range(n)]
+    out: dict[str, list[float]] = {"pss": [], "cgroup": [], "snapshot": []}
+    try:
+        for i, box in enumerate(boxes):
+            await box.load(f"{i:07d}" + "c" * (2**20 - 7), "root", ("context_0", "context"))
+            await box.exec("lines = context.split('c' * 1000)\nn = len(lines)")
+        await asyncio.sleep(1.0)  # let the pool's spares and the forks settle
+        for box in boxes:
+            cid = box.process.id  # type: ignore[attr-defined]  # a DockerProcess
+            out["pss"].append(await asyncio.to_thread(host_pss_mb, cid))
+            out["cgroup"].append(await asyncio.to_thread(cgroup_mb, cid))
+            out["snapshot"].append(len((await box.snapshot(0)).blob) / 2**20)
+    finally:
+        await asyncio.gather(*(box.close() for box in boxes))
+    return out
+
+
 async def rows(quick: bool, row: Any) -> list[dict[str, Any]]:
     """The section's rows, built with bench.row."""
     from loadtest import bench_reset
@@ -145,6 +171,20 @@ async def rows(quick: bool, row: Any) -> list[dict[str, Any]]:
         out.append(row("sessions", f"snapshot, {label}", got["snapshot"]))
         out.append(row("sessions", f"restore, {label}", got["restore"], aim=aim))
         out.append(row("sessions", f"snapshot size, {label}", got["mb"], unit="MB"))
+    mem = await live_and_hibernated(cfg, 5 if quick else 12)
+    live = [p + c for p, c in zip(mem["pss"], mem["cgroup"], strict=True)]
+    out.append(row("sessions", "host memory per live session, 1 MB context (PSS + cgroup)",
+                   live, unit="MB",
+                   note=f"runsc/gofer/shim PSS {sorted(mem['pss'])[len(live) // 2]:.0f} MB + "
+                        f"cgroup {sorted(mem['cgroup'])[len(live) // 2]:.0f} MB"))  # fmt: skip
+    out.append(row("sessions", "per hibernated session, 1 MB context: store bytes (0 in memory)",
+                   mem["snapshot"], unit="MB"))  # fmt: skip
+    per_live = sorted(live)[len(live) // 2]
+    per_snap = sorted(mem["snapshot"])[len(live) // 2]
+    out.append(row("sessions", "1,000 sessions: live host memory / hibernated store size",
+                   unit="GB", value=per_live * 1000 / 1024,
+                   note=f"live {per_live * 1000 / 1024:.1f} GB of RAM; hibernated "
+                        f"{per_snap * 1000 / 1024:.2f} GB on disk or S3, no RAM"))  # fmt: skip
     f = await flood(cfg)
     note = f"{f['outcome']} after {f['cut_s']:.2f} s; median lag {f['median_lag_ms']:.1f} ms"
     out.append(row("hostile", "event-loop lag while a sandbox floods its channel (worst)",

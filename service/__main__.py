@@ -8,6 +8,7 @@ is removed before the process exits.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from typing import Any
 
@@ -52,7 +53,9 @@ def main() -> int:
         access_log=False,
         # Our own drain cancels what is left after the grace period; uvicorn's is a backstop.
         timeout_graceful_shutdown=int(settings.rlm_shutdown_grace_s) + 10,
-        timeout_keep_alive=75,  # longer than the ALB's default idle reuse, avoids 502 races
+        # Longer than the load balancer's idle timeout: else it may reuse a connection we
+        # just closed and answer 502 (infra sets RLM_KEEPALIVE_S from the ALB's).
+        timeout_keep_alive=max(1, math.ceil(settings.rlm_keepalive_s)),
         backlog=2048,
         h11_max_incomplete_event_size=64 * 1024,
     )

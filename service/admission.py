@@ -99,10 +99,8 @@ class Admission:
         """Requests of ``key`` running or waiting for a slot."""
         return self._running_by_key.get(key, 0) + len(self._waiting.get(key, ()))
 
-    @contextlib.asynccontextmanager
-    async def slot(self, key: str = "") -> AsyncIterator[None]:
-        """Hold a run slot for the duration of the block; 429 at once past a cap."""
-        self.refuse_if_full()
+    def refuse_key_if_full(self, key: str) -> None:
+        """429 when ``key`` runs its share and has its queue share waiting."""
         running = self._running_by_key.get(key, 0)
         waiting = len(self._waiting.get(key, ()))
         if running >= self.per_key and waiting >= self.queue_per_key:
@@ -111,6 +109,12 @@ class Admission:
                 "(RLM_MAX_RUNNING_PER_KEY)",
                 retry_after=2,
             )
+
+    @contextlib.asynccontextmanager
+    async def slot(self, key: str = "") -> AsyncIterator[None]:
+        """Hold a run slot for the duration of the block; 429 at once past a cap."""
+        self.refuse_if_full()
+        self.refuse_key_if_full(key)
         await self._acquire(key)
         try:
             yield

@@ -24,9 +24,11 @@ from sandbox.pool import SandboxPool
 from service.admission import Admission
 from service.api import chat as chat_routes
 from service.api import ops as ops_routes
+from service.api import responses as response_routes
 from service.api import sessions as session_routes
 from service.api.deps import Services
 from service.chat import ChatService
+from service.cloudwatch import CloudWatchPublisher, Readings
 from service.config import Settings
 from service.constants import (
     HEALTH_PATH,
@@ -38,7 +40,9 @@ from service.constants import (
 from service.durability import Durability, holder_name
 from service.errors import BadRequest, NotFound, ServiceError
 from service.metrics import Metrics
+from service.responses import ResponseStore
 from service.rlm.engine import EngineConfig, RLMEngine
+from service.rlm.pricing import PriceTable
 from service.rlm.upstream import Upstream
 from service.sessions import SessionStore
 from service.store import open_store
@@ -132,6 +136,13 @@ def begin_drain(app: FastAPI) -> None:
 
 
 def create_app(settings: Settings) -> FastAPI:
+    # Bad prices are a configuration error (ValueError), before anything is started.
+    prices = PriceTable.load(settings.rlm_prices_file, settings.rlm_prices)
+    if settings.rlm_max_cost_usd is not None or settings.rlm_key_daily_usd is not None:
+        prices.require(
+            (settings.rlm_root_model, settings.rlm_sub_model, *settings.sub_models),
+            "a cost cap or daily budget (RLM_MAX_COST_USD / RLM_KEY_DAILY_USD)",
+        )
     metrics = Metrics()
     pool = SandboxPool(
         settings.sandbox_config(),
@@ -146,8 +157,9 @@ def create_app(settings: Settings) -> FastAPI:
         concurrency=settings.rlm_upstream_concurrency,
     )
     upstream.on_completion = lambda c: metrics.observe_completion(
-        c.model, c.prompt_tokens, c.completion_tokens
-    )
+        c.model, c.prompt_tokens, c.completion_tokens, cached_tokens=c.cached_tokens,
+        cost_usd=prices.cost(c.model, c.prompt_tokens, c.cached_tokens, c.completion_tokens),
+    )  # fmt: skip
     engine = RLMEngine(
         upstream,
         EngineConfig(
@@ -156,6 +168,7 @@ def create_app(settings: Settings) -> FastAPI:
             output_max_chars=settings.rlm_output_max_chars,
             batch_concurrency=settings.rlm_batch_concurrency,
             allowed_models=settings.sub_models,
+            prices=prices,
         ),
     )
     admission = Admission(
@@ -171,6 +184,7 @@ def create_app(settings: Settings) -> FastAPI:
         leases,
         holder=holder_name(settings.rlm_instance),
         max_snapshot_bytes=settings.rlm_snapshot_max_mb * 2**20,
+        session_ttl_s=settings.rlm_session_ttl_s,
     )
     sessions = SessionStore(
         pool,
@@ -180,6 +194,7 @@ def create_app(settings: Settings) -> FastAPI:
         durability=durability,
         idle_s=settings.rlm_session_idle_s,
     )
+    sessions.on_sandbox_fault = lambda kind: metrics.sandbox_faults.labels(kind).inc()
     chat = ChatService(settings, engine, pool, admission, metrics, durability)
     svc = Services(
         settings=settings,
@@ -188,6 +203,12 @@ def create_app(settings: Settings) -> FastAPI:
         sessions=sessions,
         admission=admission,
         chat=chat,
+        responses=ResponseStore(
+            ttl_s=settings.rlm_response_ttl_s,
+            max_kept=settings.rlm_max_responses,
+            per_key=settings.responses_per_key,
+            link_ttl_s=settings.rlm_session_ttl_s,
+        ),
     )
     metrics.bind_gauges(
         sessions=lambda: len(sessions),
@@ -198,16 +219,36 @@ def create_app(settings: Settings) -> FastAPI:
         running=lambda: admission.running,
         upstream_in_flight=lambda: upstream.in_flight,
     )
+    publisher = (
+        CloudWatchPublisher(
+            settings.rlm_cloudwatch_namespace,
+            Readings(
+                live_sessions=lambda: len(sessions),
+                running_requests=lambda: admission.running,
+                sandbox_faults_total=metrics.sandbox_faults_total,
+                upstream_errors_total=metrics.upstream_errors_total,
+            ),
+            group=settings.rlm_asg_name,
+            interval_s=settings.rlm_cloudwatch_interval_s,
+        )
+        if settings.rlm_cloudwatch_namespace
+        else None
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         svc.loop = asyncio.get_running_loop()
         await pool.start()
         sessions.start()
+        if publisher is not None:
+            publisher.start()
         try:
             yield
         finally:
             admission.draining = True
+            if publisher is not None:
+                await publisher.close()
+            await svc.responses.close()  # background runs end failed, never left in_progress
             await sessions.close_all()
             await pool.close()
             await upstream.close()
@@ -253,7 +294,12 @@ def create_app(settings: Settings) -> FastAPI:
             ServiceError("internal error; see the service log for the request id")
         )
 
-    for router in (chat_routes.router, session_routes.router, ops_routes.router):
+    for router in (
+        chat_routes.router,
+        response_routes.router,
+        session_routes.router,
+        ops_routes.router,
+    ):
         app.include_router(router)
     with contextlib.suppress(ImportError):
         from service.ui import routes as ui_routes

@@ -20,7 +20,8 @@ from typing import Any
 from sandbox.errors import SandboxError, SandboxLost
 from sandbox.pool import SandboxPool
 from service.admission import Admission, refuse_below_memory_floor
-from service.api.protocol import ChatCompletionRequest
+from service.api.protocol import ChatCompletionRequest, RLMOptions
+from service.budgets import DailySpend
 from service.config import Settings
 from service.durability import Durability, SessionElsewhere
 from service.errors import (
@@ -37,6 +38,7 @@ from service.rlm import prompts
 from service.rlm.budget import Budget
 from service.rlm.engine import RLMEngine
 from service.rlm.events import Event, EventSink
+from service.rlm.pricing import CostMeter
 from service.rlm.trajectory import Redactor, TrajectoryWriter
 from service.sessions import RunRecord, Session
 
@@ -84,6 +86,8 @@ class ChatService:
         self.admission = admission
         self.metrics = metrics
         self.redact = Redactor(settings.secrets())
+        # What each key spent today (RLM_KEY_DAILY_USD), in this process's memory.
+        self.daily = DailySpend(settings.rlm_key_daily_usd)
         self._background: set[asyncio.Task[None]] = set()
 
     def check_model(self, model: str) -> None:
@@ -93,6 +97,32 @@ class ChatService:
                 param="model",
                 code="model_not_found",
             )
+
+    def check_budget(self, owner: str) -> None:
+        """429 budget_exceeded (Retry-After to the UTC midnight reset) for a key past its
+        daily budget; routers call it before opening a session, ``complete`` again."""
+        self.daily.check(owner)
+
+    def cost_meter(self, opts: RLMOptions | None, owner: str) -> CostMeter:
+        """This request's cost account and cap: the lowest of the request's
+        ``rlm.max_cost_usd``, the operator's RLM_MAX_COST_USD and what is left of the key's
+        daily budget (a client may lower the operator's cap, never raise it)."""
+        self.daily.check(owner)
+        cap, source = self.settings.rlm_max_cost_usd, "RLM_MAX_COST_USD"
+        asked = opts.max_cost_usd if opts is not None else None
+        if asked is not None and (cap is None or asked < cap):
+            cap, source = asked, "rlm.max_cost_usd"
+        left = self.daily.remaining(owner)
+        if left is not None and (cap is None or left < cap):
+            cap, source = left, "what is left of this key's daily budget, RLM_KEY_DAILY_USD"
+        return CostMeter(self.engine.cfg.prices, cap, source)
+
+    def _charge(self, owner: str, meter: CostMeter) -> None:
+        """Book what a turn spent (finished, failed or cancelled alike) to its key."""
+        spent = meter.known_cost_usd
+        self.daily.charge(owner, spent)
+        if spent > 0:
+            self.metrics.observe_key_cost(owner, spent)
 
     async def complete(
         self,
@@ -198,7 +228,9 @@ class ChatService:
             return
         durability = self.durability
         if durability is not None and session.lease is None:
-            session.lease = await durability.claim(session.owner, session.id)
+            session.lease = await durability.claim(
+                session.owner, session.id, wait_s=durability.handover_wait_s
+            )
             # A new holder serves the latest state, whoever wrote it: a snapshot to restore,
             # a tombstone (410), or nothing yet (a new session).
             stored = await durability.lookup(session.owner, session.id)
@@ -256,6 +288,7 @@ class ChatService:
     ) -> TurnResult:
         s = self.settings
         opts = req.rlm
+        meter = self.cost_meter(opts, session.owner)  # 429 for a key past its daily budget
         created, session.new = session.new, False
         await self._ensure_sandbox(session, reset)
         restored, session.restored = session.restored, None
@@ -293,7 +326,7 @@ class ChatService:
             notice, session.notice = session.notice, None
             result = await self.engine.run(
                 query=query, sandbox=sandbox, context_info=info, budget=budget, emit=emit,
-                turn=turn, notice=notice,
+                turn=turn, notice=notice, meter=meter,
             )  # fmt: skip
             await sandbox.load(result.answer, "root", (f"history_{turn}",))
         except SandboxError as exc:
@@ -306,6 +339,9 @@ class ChatService:
             exc.code_ran = True
             raise
         finally:
+            self._charge(session.owner, meter)
+            cost = meter.to_wire()
+            record.cost_usd, record.usage_by_model = cost["cost_usd"], cost["usage_by_model"]
             u = budget.usage
             record.usage = {
                 "prompt_tokens": u.prompt_tokens,
@@ -335,5 +371,6 @@ class ChatService:
                 "stopped_by": result.stopped_by,
                 "trajectory_id": record.id,
                 "trajectory_file": str(Path(writer.path)) if writer else None,
+                **meter.to_wire(),
             },
         )

@@ -39,6 +39,14 @@ class Settings(BaseSettings):
     rlm_allow_unauthenticated: bool = False
     rlm_max_body_bytes: int = Field(256 * 1024 * 1024, ge=1024)
     rlm_log_level: str = "info"
+    # HTTP keep-alive of idle connections: must exceed the load balancer's idle timeout
+    # (infra sets it to the ALB's plus service.constants.KEEPALIVE_MARGIN_S).
+    rlm_keepalive_s: float = Field(75.0, gt=0)
+    # Host metrics (live sessions, running requests, sandbox faults) to CloudWatch, per
+    # Auto Scaling group (RLM_ASG_NAME, else the instance's aws:autoscaling:groupName tag).
+    rlm_cloudwatch_namespace: str | None = None
+    rlm_asg_name: str | None = None
+    rlm_cloudwatch_interval_s: float = Field(60.0, ge=1)
 
     # Sandboxes
     rlm_sandbox: Literal["docker", "local"] = "docker"
@@ -63,6 +71,13 @@ class Settings(BaseSettings):
     rlm_batch_concurrency: int = Field(16, ge=1)
     rlm_trajectory_dir: str | None = None
 
+    # Cost: prices (USD per million tokens) over the shipped defaults of the default models,
+    # a per-request cap and a daily budget per key (None: none)
+    rlm_prices_file: str | None = None
+    rlm_prices: str = Field("", description='JSON: {"model": {"input": .., "output": ..}}')
+    rlm_max_cost_usd: float | None = Field(None, gt=0, allow_inf_nan=False)
+    rlm_key_daily_usd: float | None = Field(None, gt=0, allow_inf_nan=False)
+
     # Requests, sessions and backpressure
     rlm_request_timeout_s: float = Field(float(DEFAULT_REQUEST_TIMEOUT_S), gt=0)
     rlm_max_running: int = Field(64, ge=1)
@@ -82,13 +97,24 @@ class Settings(BaseSettings):
     rlm_cookie_sessions: bool = False
     rlm_shutdown_grace_s: float = Field(30.0, ge=0)
 
+    # The Responses API: how long a finished response stays retrievable, how many are kept
+    # on this process (per key: 0 means three quarters of RLM_MAX_RESPONSES)
+    rlm_response_ttl_s: float = Field(3600.0, gt=0)
+    rlm_max_responses: int = Field(10_000, ge=1)
+    rlm_max_responses_per_key: int = Field(0, ge=0)
+
     @field_validator(
         "openai_api_key",
         "openai_base_url",
         "rlm_trajectory_dir",
         "rlm_max_total_tokens",
+        "rlm_prices_file",
+        "rlm_max_cost_usd",
+        "rlm_key_daily_usd",
         "rlm_session_store",
         "rlm_session_lease_table",
+        "rlm_cloudwatch_namespace",
+        "rlm_asg_name",
         mode="before",
     )
     @classmethod
@@ -124,6 +150,10 @@ class Settings(BaseSettings):
     @property
     def running_per_key(self) -> int:
         return self.rlm_max_running_per_key or max(1, self.rlm_max_running * 3 // 4)
+
+    @property
+    def responses_per_key(self) -> int:
+        return self.rlm_max_responses_per_key or max(1, self.rlm_max_responses * 3 // 4)
 
     @property
     def public_bind(self) -> bool:

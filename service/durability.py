@@ -15,6 +15,7 @@ at a time, so an unpicklable value loses only itself), the host moves opaque byt
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -45,6 +46,8 @@ log = logging.getLogger(__name__)
 # A lease lives this long without renewal; live sessions renew every third of it. A crashed
 # process's sessions can be taken over after at most this long.
 LEASE_TTL_S = 30.0
+# How often a process waiting for a hand-over looks whether the holder let go.
+HANDOVER_POLL_S = 0.25
 
 
 class SessionElsewhere(ServiceError):
@@ -80,19 +83,38 @@ class Durability:
         holder: str,
         max_snapshot_bytes: int,
         lease_ttl_s: float = LEASE_TTL_S,
+        session_ttl_s: float | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.leases = leases
         self.holder = holder
         self.max_snapshot_bytes = max_snapshot_bytes
         self.lease_ttl_s = lease_ttl_s
+        self.session_ttl_s = session_ttl_s  # a snapshot unused longer than this is expired
+        # A hand-over: the holder's next renewal (a third of the TTL), then its snapshot.
+        self.handover_wait_s = lease_ttl_s / 3 + 15.0
+        self.clock = clock
+
+    def _expired(self, meta: SnapshotMeta) -> SnapshotMeta:
+        """``meta``, or a tombstone's view of it once it is older than the session TTL."""
+        ttl = self.session_ttl_s
+        if meta.lost or ttl is None or self.clock() - meta.saved_at <= ttl:
+            return meta
+        return dataclasses.replace(
+            meta,
+            status="lost",
+            lost_reason=f"it was idle past RLM_SESSION_TTL_S ({ttl:g}s)",
+            lost_at=meta.saved_at + ttl,
+        )
 
     # ---- what the store knows ------------------------------------------------------------
 
     async def lookup(self, owner: str, session_id: str) -> SnapshotMeta | None:
         """The stored meta of a session this process does not hold (None: never stored)."""
         try:
-            return await self.store.head(owner, session_id)
+            meta = await self.store.head(owner, session_id)
+            return None if meta is None else self._expired(meta)
         except StoreUnavailable as exc:
             raise _unavailable(exc) from exc
         except StoreError as exc:  # a damaged record: the state is gone, say so
@@ -100,12 +122,31 @@ class Durability:
 
     # ---- leases --------------------------------------------------------------------------
 
-    async def claim(self, owner: str, session_id: str) -> Lease:
-        """This process's lease on a session, or SessionElsewhere while another holds it."""
+    async def claim(self, owner: str, session_id: str, *, wait_s: float = 0.0) -> Lease:
+        """This process's lease on a session, or SessionElsewhere while another holds it.
+
+        With ``wait_s``, a session live in another process is asked for: its holder sees the
+        request at its next renewal (every third of the lease TTL), snapshots the session
+        and releases it, and this process takes it over, restoring the snapshot. A session
+        is live in one place at a time, so it moves rather than being copied.
+        """
+        deadline = time.monotonic() + wait_s
+        asked = False
         try:
-            lease = await self.leases.acquire(owner, session_id, self.holder, self.lease_ttl_s)
-            if lease is not None:
-                return lease
+            while True:
+                lease = await self.leases.acquire(owner, session_id, self.holder, self.lease_ttl_s)
+                if lease is not None:
+                    if asked:
+                        log.info("session %s was handed over to this process", session_id)
+                    return lease
+                if time.monotonic() >= deadline:
+                    break
+                if not asked:
+                    asked = await self.leases.want(owner, session_id)
+                    if not asked:
+                        continue  # released in between: take it
+                    log.info("session %s is live elsewhere: asked for it", session_id)
+                await asyncio.sleep(min(HANDOVER_POLL_S, max(0.0, deadline - time.monotonic())))
             current = await self.leases.current(owner, session_id)
         except StoreUnavailable as exc:
             raise _unavailable(exc) from exc
@@ -166,9 +207,10 @@ class Durability:
             raise _unavailable(exc) from exc
         if snap is None:
             return None
-        if snap.meta.lost:
+        meta = self._expired(snap.meta)
+        if meta.lost:
             raise SessionLost(
-                f"session {lease.session_id} is gone: {snap.meta.lost_reason}. Start it over "
+                f"session {lease.session_id} is gone: {meta.lost_reason}. Start it over "
                 "with a reset (x-rlm-reset: true) or open a new session"
             )
         try:
@@ -180,6 +222,42 @@ class Durability:
             saved_at=snap.meta.saved_at,
             unpicklable=tuple(dict.fromkeys([*snap.meta.unpicklable, *failed])),
         )
+
+    async def sweep(self, tombstone_s: float) -> tuple[int, int]:
+        """Drop expired snapshots' blobs (tombstones stay, so their ids answer 410) and
+        remove tombstones older than ``tombstone_s``; (tombstoned, removed).
+
+        Only stores that can be walked take part (the file store); S3's lifecycle rule does
+        the same there. A session whose lease is held is left alone.
+        """
+        scan = getattr(self.store, "scan", None)
+        if scan is None or self.session_ttl_s is None:
+            return 0, 0
+        tombstoned = removed = 0
+        now = self.clock()
+        for owner, session_id, meta in await scan():
+            try:
+                if meta.lost:
+                    if now - (meta.lost_at or meta.saved_at) > tombstone_s:
+                        await self.store.delete(owner, session_id)
+                        removed += 1
+                    continue
+                view = self._expired(meta)
+                if not view.lost:
+                    continue
+                current = await self.leases.current(owner, session_id)
+                if current is not None and current.held(now):
+                    continue
+                await self.store.mark_lost(
+                    owner, session_id, view.lost_reason or "expired", token=meta.token
+                )
+                tombstoned += 1
+            except (StaleToken, StoreError) as exc:  # a writer came back, or the store: later
+                log.info("sweep: skipped %s/%s (%s)", owner, session_id, exc)
+        if tombstoned or removed:
+            log.info("sweep: %d expired snapshots dropped, %d old tombstones removed",
+                     tombstoned, removed)  # fmt: skip
+        return tombstoned, removed
 
     async def forget(self, owner: str, session_id: str, reason: str, token: int) -> None:
         """Record that a session's state is gone, for every process (410 with ``reason``)."""

@@ -8,6 +8,7 @@
     ├── SessionLost          410 invalid_request_error (a known session whose state is gone)
     ├── PayloadTooLarge      413 invalid_request_error
     ├── Overloaded           429 rate_limit_error  (queue full; Retry-After)
+    ├── BudgetExhausted      429 rate_limit_error  (a key's daily budget; Retry-After)
     ├── ShuttingDown         503 service_unavailable (draining; Retry-After)
     ├── SandboxFailure       503 sandbox_error     (sandbox lost or unavailable)
     ├── UpstreamError        502 upstream_error    (the model API failed after retries)
@@ -82,6 +83,14 @@ class Overloaded(ServiceError):
     status = 429
     type = "rate_limit_error"
     code = "overloaded"
+
+
+class BudgetExhausted(ServiceError):
+    """A key spent its daily budget (RLM_KEY_DAILY_USD); ``Retry-After`` is the reset."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "budget_exceeded"
 
 
 class ShuttingDown(ServiceError):

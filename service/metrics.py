@@ -50,6 +50,18 @@ class Metrics:
         self.tokens = Counter(
             "rlm_tokens_total", "Upstream tokens, by model and kind", ["model", "kind"], registry=r
         )
+        self.cost = Counter(
+            "rlm_cost_usd_total", "Upstream cost in USD of priced models, by model", ["model"],
+            registry=r,
+        )  # fmt: skip
+        self.unpriced_calls = Counter(
+            "rlm_unpriced_calls_total", "Upstream calls to models without a price (RLM_PRICES)",
+            ["model"], registry=r,
+        )  # fmt: skip
+        # By key id: the key's owner tag (a hash), never the key.
+        self.key_cost = Counter(
+            "rlm_key_cost_usd_total", "Upstream cost in USD, by key id", ["key_id"], registry=r
+        )
         self.errors = Counter("rlm_errors_total", "Errors returned, by type", ["type"], registry=r)
         self.sandbox_faults = Counter(
             "rlm_sandbox_faults_total", "Sandbox faults by kind", ["kind"], registry=r
@@ -74,6 +86,14 @@ class Metrics:
             buckets=(0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10), registry=r,
         )  # fmt: skip
 
+    def sandbox_faults_total(self) -> float:
+        """Every sandbox fault so far, of any kind."""
+        return _total(self.sandbox_faults)
+
+    def upstream_errors_total(self) -> float:
+        """Requests that ended in an upstream error (502) so far."""
+        return _total(self.errors, type="upstream_error")
+
     def bind_gauges(self, *, sessions: Callable[[], int], idle: Callable[[], int],
                     busy: Callable[[], int], starting: Callable[[], int],
                     queued: Callable[[], int], running: Callable[[], int],
@@ -87,8 +107,37 @@ class Metrics:
         self.running.set_function(running)
         self.upstream_in_flight.set_function(upstream_in_flight)
 
-    def observe_completion(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
-        """One upstream call finished (root, sub-call or recursive run alike)."""
+    def observe_completion(
+        self,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        *,
+        cached_tokens: int = 0,
+        cost_usd: float | None = None,
+    ) -> None:
+        """One upstream call finished (root, sub-call or recursive run alike); ``cost_usd``
+        None: the model has no price."""
         self.upstream_calls.labels(model).inc()
         self.tokens.labels(model, "prompt").inc(prompt_tokens)
+        self.tokens.labels(model, "cached_prompt").inc(cached_tokens)
         self.tokens.labels(model, "completion").inc(completion_tokens)
+        if cost_usd is None:
+            self.unpriced_calls.labels(model).inc()
+        else:
+            self.cost.labels(model).inc(cost_usd)
+
+    def observe_key_cost(self, key_id: str, cost_usd: float) -> None:
+        """What one request of the key ``key_id`` (its owner tag) spent on priced models."""
+        self.key_cost.labels(key_id).inc(cost_usd)
+
+
+def _total(counter: Counter, **labels: str) -> float:
+    """A counter's sum over its label sets (those matching ``labels``)."""
+    return sum(
+        sample.value
+        for metric in counter.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+        and all(sample.labels.get(k) == v for k, v in labels.items())
+    )

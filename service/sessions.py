@@ -20,10 +20,11 @@ import re
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sandbox.errors import SandboxError
 from sandbox.handle import SandboxHandle
 from sandbox.pool import SandboxPool
 from service.durability import Durability
@@ -38,6 +39,12 @@ MAX_RUNS_KEPT = 50
 MAX_EVENTS_PER_RUN = 5000
 MAX_TOMBSTONES = 100_000  # about 200 bytes each
 TOMBSTONE_S = 7 * 86400.0
+SWEEP_INTERVAL_S = 3600.0  # the session store's expiry sweep (file store)
+# An idle session's sandbox may use at most this share of a core between requests (the
+# fork server refilling its spare, a snapshot), measured by the host over a reaper interval;
+# past it, its code is still running: the session is hibernated (or closed) to stop it.
+IDLE_CPU_SHARE = 0.1
+IDLE_CPU_MIN_S = 0.5
 
 
 ANONYMOUS = hashlib.sha256(b"rlm-py: no API key").hexdigest()[:32]
@@ -68,6 +75,10 @@ class RunRecord:
     iterations: int = 0
     sub_calls: int = 0
     elapsed_ms: float = 0.0
+    # What the run cost (its CostMeter, set when the turn ends, failed or not): None when a
+    # call went to a model without a price (never priced as zero); 0.0 before any call.
+    cost_usd: float | None = 0.0
+    usage_by_model: dict[str, dict[str, Any]] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     events_dropped: int = 0
     listeners: set[asyncio.Queue[Event | None]] = field(default_factory=set)
@@ -91,7 +102,8 @@ class RunRecord:
         return {
             "id": self.id, "query": self.query[:300], "started": self.started,
             "status": self.status, "iterations": self.iterations, "sub_calls": self.sub_calls,
-            "usage": self.usage, "elapsed_ms": self.elapsed_ms,
+            "usage": self.usage, "elapsed_ms": self.elapsed_ms, "cost_usd": self.cost_usd,
+            "usage_by_model": self.usage_by_model,
             "answer": None if self.answer is None else self.answer[:300], "error": self.error,
             "events_dropped": self.events_dropped,
         }  # fmt: skip
@@ -123,6 +135,7 @@ class Session:
     lease: Lease | None = None  # this process's lease while it is live here
     notice: str | None = None  # told to the model on the next turn (restored, values lost)
     restored: dict[str, Any] | None = None  # the next response's rlm.restored
+    cpu_mark: tuple[float, float] | None = None  # (monotonic time, sandbox CPU s) when idle
     waiting: int = 0
     running: bool = False
     closed: bool = False
@@ -202,6 +215,7 @@ class SessionStore:
         self.remember_s = remember_s
         self._tasks: list[asyncio.Task[None]] = []
         self._reap_interval = min(60.0, max(1.0, min(ttl_s, self.idle_s) / 4))
+        self.on_sandbox_fault: Callable[[str], None] | None = None  # metrics, by kind
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -352,6 +366,10 @@ class SessionStore:
             session.cannot_hibernate = f"the session store failed: {exc}"
             log.warning("session %s could not hibernate: %s", session.id, exc)
             return False
+        except SandboxError as exc:  # its sandbox failed the snapshot (or died meanwhile)
+            session.cannot_hibernate = f"its snapshot failed: {exc}"
+            log.warning("session %s could not hibernate: %s", session.id, exc)
+            return False
         finally:
             session.running = False
             session._lock.release()
@@ -406,7 +424,9 @@ class SessionStore:
             return
         self._gone[(owner, session_id)] = Tombstone(session_id, owner, reason, time.monotonic())
         if self.durability is not None:
-            lease = await self.durability.claim(owner, session_id)
+            lease = await self.durability.claim(
+                owner, session_id, wait_s=self.durability.handover_wait_s
+            )
             try:
                 await self.durability.forget(owner, session_id, reason, lease.token)
             finally:
@@ -432,15 +452,28 @@ class SessionStore:
         await asyncio.gather(*(self._drop(k) for k in list(self._sessions)), return_exceptions=True)
 
     async def _reap_loop(self) -> None:
+        last_sweep = 0.0
         while True:
             await asyncio.sleep(self._reap_interval)
             now = time.monotonic()
             for key, grave in list(self._gone.items()):
                 if now - grave.at > self.remember_s:
                     del self._gone[key]
+            if self.durability is not None and now - last_sweep > SWEEP_INTERVAL_S:
+                last_sweep = now
+                try:
+                    await self.durability.sweep(self.remember_s)
+                except Exception:  # the store is down: the next sweep will do
+                    log.warning("session store sweep failed", exc_info=True)
             for key, session in list(self._sessions.items()):
                 if session.busy:
+                    session.cpu_mark = None
                     continue
+                try:
+                    if await self._stop_if_burning(key, session, now):
+                        continue
+                except Exception:  # one session's trouble never stops the reaper
+                    log.exception("checking session %s's idle CPU failed", key[1])
                 idle = now - session.last_used
                 if (
                     self.durability is not None
@@ -456,6 +489,33 @@ class SessionStore:
                         f"it was idle past RLM_SESSION_TTL_S ({self.ttl_s:g}s)",
                         owner=key[0],
                     )
+
+    async def _stop_if_burning(self, key: Key, session: Session, now: float) -> bool:
+        """Hibernate (else close) an idle session whose sandbox keeps using CPU.
+
+        Its code left something running after its block (hostile code can undo what the
+        worker does against that): the host's own CPU accounting of the container is what
+        it cannot hide. True when the session left this process.
+        """
+        box = session.sandbox
+        cpu = box.cpu_seconds() if box is not None and box.alive else None
+        mark, session.cpu_mark = session.cpu_mark, (None if cpu is None else (now, cpu))
+        if cpu is None or mark is None or session.last_used > mark[0]:
+            return False  # nothing to compare with, or a request ran since the last look
+        span, burned = now - mark[0], cpu - mark[1]
+        if burned <= max(IDLE_CPU_MIN_S, IDLE_CPU_SHARE * span):
+            return False
+        reason = (
+            f"its code kept running between requests ({burned:.1f}s of CPU in {span:.0f}s "
+            "idle): processes and threads may only run while a code block runs"
+        )
+        log.warning("session %s: %s", key[1], reason)
+        if self.on_sandbox_fault is not None:
+            self.on_sandbox_fault("idle_cpu")
+        if await self.hibernate(session):
+            return True  # its state is kept; what ran is stopped with the sandbox
+        await self.close(key[1], f"it was closed because {reason}", owner=key[0])
+        return True
 
     async def _renew_loop(self) -> None:
         assert self.durability is not None
@@ -475,6 +535,17 @@ class SessionStore:
                         await self._drop((session.owner, session.id))
                 else:
                     session.lease = lease
+                    if lease.wanted and not session.busy:
+                        # Another process was asked for it (stickiness lost, a header-only
+                        # client): hand it over through a snapshot. A busy one goes after
+                        # its turn, at the next renewal.
+                        log.info("session %s is wanted elsewhere: handing it over", session.id)
+                        if not await self.hibernate(session):
+                            log.warning(
+                                "session %s cannot be handed over: %s",
+                                session.id,
+                                session.cannot_hibernate,
+                            )
 
 
 async def session_view(session: Session) -> dict[str, Any]:

@@ -18,12 +18,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from service.api import sse as sse_
-from service.api.deps import Caller, Services, ServicesDep
+from service.api.deps import Caller, Services, ServicesDep, read_body
 from service.api.progress import Progress
 from service.api.protocol import ChatCompletionRequest, chunk_body, completion_body
 from service.chat import TurnResult
 from service.constants import RESET_HEADER, SESSION_COOKIE, SESSION_HEADER
-from service.errors import BadRequest, PayloadTooLarge, ServiceError, ShuttingDown
+from service.errors import BadRequest, ServiceError, ShuttingDown
 from service.rlm.events import Event
 from service.sessions import Session, valid_session_id
 
@@ -31,22 +31,6 @@ router = APIRouter()
 STREAM_PIECE_CHARS = 2000
 # Bodies larger than this are parsed in a thread (about 1 ms of parsing on the loop).
 PARSE_INLINE_BYTES = 256 * 1024
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(
-            f"request body of {declared} bytes exceeds {limit} (RLM_MAX_BODY_BYTES)"
-        )
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds {limit} bytes (RLM_MAX_BODY_BYTES)")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _parse(body: bytes) -> ChatCompletionRequest:
@@ -122,7 +106,7 @@ async def chat_completions(request: Request, owner: Caller, svc: ServicesDep) ->
     settings, chat = svc.settings, svc.chat
     if svc.admission.draining:
         raise ShuttingDown("the service is shutting down; retry on another instance", retry_after=5)
-    raw = await _read_body(request, settings.rlm_max_body_bytes)
+    raw = await read_body(request, settings.rlm_max_body_bytes)
     # Parsing (up to RLM_MAX_BODY_BYTES of JSON; nesting depth is capped by the parser, past
     # it a 400) takes one of a few parse slots, so a burst of huge bodies cannot take the
     # host's CPU and memory at once; large bodies are parsed off the event loop.
@@ -130,6 +114,7 @@ async def chat_completions(request: Request, owner: Caller, svc: ServicesDep) ->
         req = await _parse_off_loop(raw) if len(raw) > PARSE_INLINE_BYTES else _parse(raw)
     del raw
     chat.check_model(req.model)
+    chat.check_budget(owner)  # 429 budget_exceeded before any session or stream opens
     reset = request.headers.get(RESET_HEADER, "").lower() in ("1", "true", "yes") or bool(
         req.rlm and req.rlm.reset
     )

@@ -18,8 +18,9 @@ from sandbox.pool import SandboxPool
 from service.admission import Admission
 from service.chat import ChatService
 from service.config import Settings
-from service.errors import Unauthorized
+from service.errors import PayloadTooLarge, Unauthorized
 from service.metrics import Metrics
+from service.responses import ResponseStore
 from service.sessions import SessionStore, owner_of
 
 
@@ -33,6 +34,7 @@ class Services:
     sessions: SessionStore
     admission: Admission
     chat: ChatService
+    responses: ResponseStore
     # Turns in flight, so the shutdown drain can find and cancel them.
     inflight: set[asyncio.Task[object]] = field(default_factory=set)
     loop: asyncio.AbstractEventLoop | None = None
@@ -93,3 +95,20 @@ def caller(settings: SettingsDep, request: Request) -> str:
 
 
 Caller = Annotated[str, Depends(caller)]
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, 413 past ``limit`` bytes (RLM_MAX_BODY_BYTES), declared or not."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(
+            f"request body of {declared} bytes exceeds {limit} (RLM_MAX_BODY_BYTES)"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes (RLM_MAX_BODY_BYTES)")
+        chunks.append(chunk)
+    return b"".join(chunks)

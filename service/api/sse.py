@@ -25,3 +25,9 @@ def sse(data: Mapping[str, Any] | str) -> bytes:
         else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     )
     return f"data: {payload}\n\n".encode()
+
+
+def named(event: str, data: Mapping[str, Any]) -> bytes:
+    """One named Server-Sent Event (``event:`` then ``data:``), as the Responses API sends."""
+    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return f"event: {event}\ndata: {payload}\n\n".encode()

@@ -7,6 +7,13 @@ session keeps them for ``GET /v1/sessions/{id}/runs/{run}``, the events stream e
 declared here. Every event is a JSON object with ``event`` (its kind), ``run`` (the run's id;
 child runs of ``rlm_query`` have their own) and ``t`` (Unix seconds, set when emitted).
 
+Timing for the viewer's timeline is measured by the host on one clock per request:
+``start_ms`` and ``end_ms`` are milliseconds since the request's root run started (child
+runs share their root's clock), never a figure the sandbox reports. Sub-calls made by one
+``llm_query_batched`` / ``rlm_query_batched`` carry ``batch`` (its number, unique within the
+request), ``batch_index`` (the prompt's position in the input) and ``batch_size``, so they
+can be listed in input order whatever order they finished in.
+
 Sandbox output inside events (code output, answers) is untrusted text: the viewer renders it
 as text, never as markup.
 """
@@ -14,7 +21,7 @@ as text, never as markup.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, TypedDict, get_type_hints
+from typing import Any, Literal, NotRequired, TypedDict, get_type_hints
 
 
 class Usage(TypedDict):
@@ -39,6 +46,10 @@ class RunStart(_Base):
     parent: str | None  # the parent run of a recursive run
     parent_iteration: int | None
     parent_block: int | None
+    start_ms: NotRequired[float]  # 0 for the root run
+    batch: NotRequired[int]  # a child run started by rlm_query_batched: see the docstring
+    batch_index: NotRequired[int]
+    batch_size: NotRequired[int]
 
 
 class Iteration(_Base, total=False):
@@ -49,7 +60,10 @@ class Iteration(_Base, total=False):
     finish_reason: str | None
     ms: float
     usage: Usage
+    cost_usd: float | None  # None: the model has no price (RLM_PRICES)
     forced: bool  # the forced final-answer call after the iteration budget
+    start_ms: float  # the model call, on the request's clock
+    end_ms: float
 
 
 class Code(_Base):
@@ -62,7 +76,9 @@ class Code(_Base):
     stderr: str
     error: dict[str, str] | None
     changed: list[dict[str, str]]
-    ms: float
+    ms: float  # the worker's own figure of the block's run time
+    start_ms: NotRequired[float]  # the host's: the exec round trip, on the request's clock
+    end_ms: NotRequired[float]
 
 
 class SubCall(_Base, total=False):
@@ -77,9 +93,15 @@ class SubCall(_Base, total=False):
     answer: str  # a preview
     prompt_tokens: int
     completion_tokens: int
+    cost_usd: float | None  # llm calls; None: the model has no price
     child_run: str  # rlm: the child run's id
     iterations: int  # rlm: the child run's iterations
     ms: float
+    start_ms: float
+    end_ms: float
+    batch: int  # made by a batched call: see the docstring
+    batch_index: int
+    batch_size: int
 
 
 class Final(_Base):
@@ -91,6 +113,7 @@ class Final(_Base):
     stopped_by: str | None
     iterations: int
     ms: float
+    end_ms: NotRequired[float]
 
 
 class RunEnd(_Base):

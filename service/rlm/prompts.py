@@ -22,7 +22,7 @@ its own REPL with `context` (default: the query itself). {depth_note}
 queries or (query, context) pairs.
 - `state`, `state_get(key, default=None)`, `state_set(key, value)`, `state_del(key)`, \
 `state_keys()`: a dict shared with recursive runs and kept across the session's turns.
-- `print(...)` to see values; variables persist between blocks and turns.
+- `print(...)` to see values; variables persist between blocks and turns. Code runs only while its block runs: processes a block starts are stopped when it returns, and threads wait.
 Model calls that fail return a string starting with "Error:". {models_note}
 
 Example:

@@ -55,6 +55,8 @@ class Completion:
     completion_tokens: int
     latency_s: float
     model: str
+    # Of prompt_tokens, those the upstream served from its prompt cache (priced lower).
+    cached_tokens: int = 0
 
 
 class Upstream:
@@ -147,6 +149,8 @@ def _completion(resp: Any, model: str, latency_s: float) -> Completion:
     try:
         prompt_tokens = int(usage.get("prompt_tokens") or 0)
         completion_tokens = int(usage.get("completion_tokens") or 0)
+        details = usage.get("prompt_tokens_details")
+        cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
     except (TypeError, ValueError):
         raise MalformedResponse("token counts that are not numbers") from None
     return Completion(
@@ -156,6 +160,7 @@ def _completion(resp: Any, model: str, latency_s: float) -> Completion:
         completion_tokens=completion_tokens,
         latency_s=latency_s,
         model=model,
+        cached_tokens=min(max(cached, 0), prompt_tokens),
     )
 
 

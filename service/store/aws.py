@@ -47,6 +47,7 @@ from service.store.base import (
     decide_acquire,
     decide_release,
     decide_renew,
+    decide_want,
 )
 from service.store.errors import CorruptRecord, StoreUnavailable
 from service.store.files import DEFAULT_MAX_BLOB_BYTES
@@ -301,7 +302,11 @@ class DynamoLeases:
         )
         if info is None:
             return None
-        return Lease(owner, session_id, info.holder, info.token, info.expires_at, ttl)
+        return Lease(owner, session_id, info.holder, info.token, info.expires_at, ttl, info.wanted)
+
+    async def want(self, owner: str, session_id: str) -> bool:
+        check_key(owner, session_id)
+        return await self._update(owner, session_id, decide_want) is not None
 
     async def renew(self, lease: Lease) -> Lease | None:
         check_key(lease.owner, lease.session_id)
@@ -311,7 +316,13 @@ class DynamoLeases:
         if info is None:
             return None
         return Lease(
-            lease.owner, lease.session_id, info.holder, info.token, info.expires_at, lease.ttl_s
+            lease.owner,
+            lease.session_id,
+            info.holder,
+            info.token,
+            info.expires_at,
+            lease.ttl_s,
+            info.wanted,
         )
 
     async def release(self, lease: Lease) -> None:
@@ -364,6 +375,7 @@ class DynamoLeases:
                 holder=item["holder"]["S"],
                 token=int(item["token"]["N"]),
                 expires_at=float(item["expires"]["N"]),
+                wanted=float(item.get("wanted", {"N": "0"})["N"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptRecord(f"lease item {pk} in {self.table} is malformed") from exc
@@ -378,19 +390,23 @@ class DynamoLeases:
                 "holder": {"S": new.holder},
                 "token": {"N": str(new.token)},
                 "expires": {"N": repr(new.expires_at)},
+                "wanted": {"N": repr(new.wanted)},
             },
         }
         if seen is None:
             kwargs["ConditionExpression"] = "attribute_not_exists(pk)"
         else:
             # Exactly the item that was read: a compare-and-swap on the whole record.
-            kwargs["ConditionExpression"] = "#h = :h AND #t = :t AND #e = :e"
-            kwargs["ExpressionAttributeNames"] = {"#h": "holder", "#t": "token", "#e": "expires"}
-            kwargs["ExpressionAttributeValues"] = {
-                ":h": seen["holder"],
-                ":t": seen["token"],
-                ":e": seen["expires"],
-            }
+            names = {"#h": "holder", "#t": "token", "#e": "expires", "#w": "wanted"}
+            values = {":h": seen["holder"], ":t": seen["token"], ":e": seen["expires"]}
+            if "wanted" in seen:
+                condition = "#h = :h AND #t = :t AND #e = :e AND #w = :w"
+                values[":w"] = seen["wanted"]
+            else:  # an item written before hand-overs existed
+                condition = "#h = :h AND #t = :t AND #e = :e AND attribute_not_exists(#w)"
+            kwargs["ConditionExpression"] = condition
+            kwargs["ExpressionAttributeNames"] = names
+            kwargs["ExpressionAttributeValues"] = values
         await _call(
             lambda: client.put_item(**kwargs),
             f"DynamoDB PutItem {pk} in table {self.table}",

@@ -183,11 +183,13 @@ class SnapshotStore(Protocol):
 @dataclass(frozen=True, slots=True)
 class LeaseInfo:
     """A session's lease record as stored. ``expires_at`` is wall-clock epoch seconds; a
-    released lease keeps its holder and token with ``expires_at == 0``."""
+    released lease keeps its holder and token with ``expires_at == 0``. ``wanted`` is when
+    another process asked the holder to hand the session over (0: nobody)."""
 
     holder: str
     token: int
     expires_at: float
+    wanted: float = 0.0
 
     def held(self, now: float | None = None) -> bool:
         return self.expires_at > (time.time() if now is None else now)
@@ -203,6 +205,7 @@ class Lease:
     token: int
     expires_at: float
     ttl_s: float
+    wanted: float = 0.0  # as of the last acquire or renew: another process wants it
 
     def remaining_s(self, now: float | None = None) -> float:
         return self.expires_at - (time.time() if now is None else now)
@@ -218,6 +221,9 @@ class LeaseDirectory(Protocol):
       expiry, if nobody took it meanwhile: no newer token exists then); None once lost.
     - ``release`` ends a lease if it is still this one (else does nothing).
     - ``current`` reads the record, expired or not, or None if the session never had one.
+    - ``want`` asks the live holder (another process) to hand the session over: the record
+      keeps its holder and token and gains ``wanted``, which the holder's next ``renew``
+      returns. False when nobody holds it (acquire it instead).
     """
 
     async def acquire(
@@ -230,6 +236,8 @@ class LeaseDirectory(Protocol):
 
     async def current(self, owner: str, session_id: str) -> LeaseInfo | None: ...
 
+    async def want(self, owner: str, session_id: str) -> bool: ...
+
 
 def decide_acquire(
     record: LeaseInfo | None, holder: str, now: float, ttl_s: float
@@ -239,7 +247,7 @@ def decide_acquire(
         return LeaseInfo(holder, 1, now + ttl_s)
     if record.held(now):
         if record.holder == holder:
-            return LeaseInfo(holder, record.token, now + ttl_s)
+            return LeaseInfo(holder, record.token, now + ttl_s, record.wanted)
         return None
     return LeaseInfo(holder, record.token + 1, now + ttl_s)
 
@@ -247,7 +255,17 @@ def decide_acquire(
 def decide_renew(record: LeaseInfo | None, lease: Lease, now: float) -> LeaseInfo | None:
     if not _is_mine(record, lease):
         return None
-    return LeaseInfo(lease.holder, lease.token, now + lease.ttl_s)
+    assert record is not None
+    return LeaseInfo(lease.holder, lease.token, now + lease.ttl_s, record.wanted)
+
+
+def decide_want(record: LeaseInfo | None, now: float) -> LeaseInfo | None:
+    """The record with a hand-over asked of its live holder, or None when nobody holds it."""
+    if record is None or not record.held(now):
+        return None
+    if record.wanted:
+        return record  # asked already: keep the first request's time
+    return LeaseInfo(record.holder, record.token, record.expires_at, now)
 
 
 def decide_release(record: LeaseInfo | None, lease: Lease) -> LeaseInfo | None:

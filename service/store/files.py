@@ -40,6 +40,7 @@ from service.store.base import (
     decide_acquire,
     decide_release,
     decide_renew,
+    decide_want,
 )
 from service.store.errors import CorruptRecord, StoreUnavailable
 from service.store.keys import check_holder, check_key
@@ -150,7 +151,32 @@ class FileStore:
         check_key(owner, session_id)
         await asyncio.to_thread(self._delete, owner, session_id)
 
+    async def scan(self) -> list[tuple[str, str, SnapshotMeta]]:
+        """(owner, session id, meta) of every readable record, for the expiry sweep.
+
+        (S3 needs no such walk: the bucket's lifecycle rule expires old snapshots.)
+        """
+        return await asyncio.to_thread(self._scan)
+
     # -- blocking halves, run in worker threads -------------------------------------------
+
+    def _scan(self) -> list[tuple[str, str, SnapshotMeta]]:
+        found = []
+        with _translate("read", self.root):
+            owners = [d for d in self.root.iterdir() if d.is_dir()] if self.root.exists() else []
+        for owner_dir in owners:
+            try:
+                paths = list(owner_dir.glob("*.snap"))
+            except OSError:
+                continue
+            for path in paths:
+                try:
+                    check_key(owner_dir.name, path.stem)
+                    meta = _read_meta(path)
+                except (OSError, ValueError, CorruptRecord):
+                    continue  # a write in progress, a damaged record: not the sweep's to judge
+                found.append((owner_dir.name, path.stem, meta))
+        return found
 
     def _paths(self, owner: str, session_id: str, *, create: bool) -> tuple[Path, Path]:
         d = self._dirs.dir(owner, create=create)
@@ -242,7 +268,12 @@ class FileLeases:
         )
         if info is None:
             return None
-        return Lease(owner, session_id, info.holder, info.token, info.expires_at, ttl)
+        return Lease(owner, session_id, info.holder, info.token, info.expires_at, ttl, info.wanted)
+
+    async def want(self, owner: str, session_id: str) -> bool:
+        check_key(owner, session_id)
+        info = await asyncio.to_thread(self._update, owner, session_id, decide_want)
+        return info is not None
 
     async def renew(self, lease: Lease) -> Lease | None:
         check_key(lease.owner, lease.session_id)
@@ -255,7 +286,13 @@ class FileLeases:
         if info is None:
             return None
         return Lease(
-            lease.owner, lease.session_id, info.holder, info.token, info.expires_at, lease.ttl_s
+            lease.owner,
+            lease.session_id,
+            info.holder,
+            info.token,
+            info.expires_at,
+            lease.ttl_s,
+            info.wanted,
         )
 
     async def release(self, lease: Lease) -> None:
@@ -283,7 +320,12 @@ class FileLeases:
             with _flock(d / f"{session_id}.lock"):
                 new = decide(_read_lease(path), self._clock())
                 if new is not None:
-                    body = {"holder": new.holder, "token": new.token, "expires_at": new.expires_at}
+                    body = {
+                        "holder": new.holder,
+                        "token": new.token,
+                        "expires_at": new.expires_at,
+                        "wanted": new.wanted,
+                    }
                     _write_atomically(path, (json.dumps(body).encode(),))
                 return new
 
@@ -300,13 +342,15 @@ def _read_lease(path: Path) -> LeaseInfo | None:
     try:
         obj = json.loads(raw)
         holder, token, expires = obj["holder"], obj["token"], obj["expires_at"]
+        wanted = obj.get("wanted", 0.0)  # (records written before hand-overs have none)
         if not (
             isinstance(holder, str)
             and isinstance(token, int)
             and not isinstance(token, bool)
             and isinstance(expires, int | float)
+            and isinstance(wanted, int | float)
         ):
             raise TypeError("field types")
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CorruptRecord(f"lease record {path.name} is malformed: {exc}") from exc
-    return LeaseInfo(holder, token, float(expires))
+    return LeaseInfo(holder, token, float(expires), float(wanted))

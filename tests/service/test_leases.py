@@ -130,6 +130,34 @@ async def test_acquire_renew_release(backend: Backend) -> None:
     assert info is not None and info.holder == "host-b" and info.held(clock.now)
 
 
+async def test_a_holder_is_asked_to_hand_over(backend: Backend) -> None:
+    """``want`` marks the live holder's record; the holder's renewals see it until it lets
+    go; the next holder starts with no request pending."""
+    clock = FakeClock()
+    leases = backend.make(clock=clock)
+    assert not await leases.want(OWNER, "s")  # nobody holds it: nothing to ask
+    a = await leases.acquire(OWNER, "s", "host-a", TTL)
+    assert a is not None and a.wanted == 0
+    clock.advance(1)
+    assert await leases.want(OWNER, "s")
+    asked_at = clock.now
+    clock.advance(1)
+    assert await leases.want(OWNER, "s")  # asked again: the first request's time stays
+    info = await leases.current(OWNER, "s")
+    assert info is not None and info.holder == "host-a" and info.token == 1
+    assert info.wanted == asked_at and info.held(clock.now)  # asking takes nothing
+    assert await leases.acquire(OWNER, "s", "host-b", TTL) is None
+    renewed = await leases.renew(a)
+    assert renewed is not None and renewed.wanted == asked_at
+    again = await leases.acquire(OWNER, "s", "host-a", TTL)  # the holder re-acquiring
+    assert again is not None and again.wanted == asked_at
+    await leases.release(renewed)
+    b = await leases.acquire(OWNER, "s", "host-b", TTL)
+    assert b is not None and b.token == 2 and b.wanted == 0
+    clock.advance(TTL + 1)  # an expired holder is not asked: its lease can be taken
+    assert not await leases.want(OWNER, "s")
+
+
 async def test_expiry_hands_the_session_over_with_a_higher_token(backend: Backend) -> None:
     clock = FakeClock()
     leases = backend.make(clock=clock)

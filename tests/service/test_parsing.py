@@ -7,8 +7,8 @@ What the engine relies on (service/rlm/engine.py):
 - ``has_unclosed_block``: a cut-off ```repl block, answered with the CUT_OFF prompt;
 - ``strip_code``: the prose without fences, the partial (or forced) answer.
 
-Tests marked xfail(strict=True) state the right behaviour where the parser is wrong today;
-when the parser is fixed they XPASS, fail, and the mark is to be removed.
+The cases of four bugs found in review (a FINAL inside a cut-off block taken as the answer,
+fenced code inside an answer dropped, indented fences, \\r\\n line ends) are here too.
 """
 
 from __future__ import annotations
@@ -239,11 +239,6 @@ def test_no_block_the_engine_runs_survives_in_the_partial_answer(text: str) -> N
 # ---- known bugs: the right behaviour, failing today ------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="final_in_text strips only closed fences: FINAL/FINAL_VAR inside a cut-off ```repl "
-    "block (code that never ran) is taken as a text answer, before the engine's CUT_OFF check",
-)
 @pytest.mark.parametrize(
     "text",
     [
@@ -261,11 +256,6 @@ def test_final_inside_a_cut_off_repl_block_is_not_an_answer(text: str) -> None:
     assert final_in_text(text) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="final_in_text removes every fenced block before reading FINAL(...), so a code "
-    "block inside the answer itself is silently dropped from the answer",
-)
 def test_fenced_code_inside_final_is_part_of_the_answer() -> None:
     text = "Here it is.\nFINAL(Use this function:\n```python\ndef f():\n    return 1\n```\nThen call f().)"
     found = final_in_text(text)
@@ -274,11 +264,6 @@ def test_fenced_code_inside_final_is_part_of_the_answer() -> None:
     assert found.value.endswith("Then call f().")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="indented ```repl fences are accepted but their content is not dedented, so the "
-    "code fails in the sandbox with 'unexpected indent'",
-)
 def test_indented_fence_yields_runnable_code() -> None:
     text = "1. Count them:\n   ```repl\n   for i in range(2):\n       print(i)\n   ```\n"
     [block] = code_blocks(text)
@@ -286,11 +271,6 @@ def test_indented_fence_yields_runnable_code() -> None:
     assert "for i in range(2):\n    print(i)" in block
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fence patterns expect \\n line ends: with \\r\\n a complete ```repl block is not "
-    "found (the model is told it wrote no code)",
-)
 def test_crlf_line_endings() -> None:
     text = "Look.\r\n```repl\r\nprint(1)\r\n```\r\n"
     assert [b.strip() for b in code_blocks(text)] == ["print(1)"]

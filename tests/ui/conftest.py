@@ -44,6 +44,25 @@ HOSTILE = '<script>alert(1)</script><img src=x onerror="window.__pwned=1;alert(2
 FINAL_HOSTILE = "<script>alert('final')</script> the context holds 30 characters"
 ROOT_QUERY = "How many characters does the context hold?"
 CHILD_QUERY = "child task: count the letters"
+TIMELINE_QUERY = "Where does the time go? (timeline)"
+PRICED_QUERY = "Answer at once (priced)"
+UNPRICED_MODEL = "local-llama"  # callable (RLM_SUB_MODELS) but without a price
+# The batch's sub-model delays by input: the first input answers last.
+BATCH_DELAYS_S = (0.9, 0.6, 0.3)
+
+
+def timeline_policy(query: str, step: int) -> Reply:
+    """The timeline run: a batch of three (answers arrive in reverse input order), a call
+    to a model without a price, a recursive run, then the answer."""
+    if step == 0:
+        code = (
+            "parts = llm_query_batched(['batch item 0', 'batch item 1', 'batch item 2'])\n"
+            f"extra = llm_query('an unpriced call', model='{UNPRICED_MODEL}')\n"
+            f"child = rlm_query('{CHILD_QUERY}', context)\n"
+            "print(parts, extra, child)"
+        )
+        return Reply(f"Fan out.\n```repl\n{code}\n```", delay_s=0.3)
+    return Reply("FINAL(the time went to the batch)", delay_s=0.2)
 
 
 def viewer_policy(body: dict[str, Any]) -> str | Reply:
@@ -55,9 +74,16 @@ def viewer_policy(body: dict[str, Any]) -> str | Reply:
     """
     messages = body.get("messages") or []
     if not is_root_request(body):
-        return f"sub-model answer to: {text_of(messages[-1])[:40]}"
+        prompt = text_of(messages[-1])
+        if prompt.startswith("batch item "):
+            return Reply(f"item {prompt[-1]} done", delay_s=BATCH_DELAYS_S[int(prompt[-1])])
+        return f"sub-model answer to: {prompt[:40]}"
     query = text_of(messages[-1])
     step = sum(1 for m in messages if m.get("role") == "assistant")
+    if TIMELINE_QUERY in query:
+        return timeline_policy(query, step)
+    if PRICED_QUERY in query:
+        return "FINAL(42)"
     if CHILD_QUERY in query:
         if step == 0:
             return "The child looks.\n```repl\nprint('child sees', len(context), 'characters')\n```"
@@ -143,9 +169,16 @@ def viewer_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service
             "OPENAI_BASE_URL": upstream.base_url,
             "OPENAI_API_KEY": "x",
             "RLM_MAX_DEPTH": "1",
+            "RLM_SUB_MODELS": f"gpt-5-mini,gpt-5,{UNPRICED_MODEL}",
             "RLM_LOG_LEVEL": "warning",
+            # A store of this test run's own: sessions of earlier runs never come back here.
+            "RLM_SESSION_STORE": f"file://{workdir / 'store'}",
         }
         env.pop("RLM_TRAJECTORY_DIR", None)
+        # The shipped prices of the default models (the cost table's figures), no caps.
+        env.update(RLM_ROOT_MODEL="gpt-5", RLM_SUB_MODEL="gpt-5-mini")
+        for name in ("RLM_PRICES", "RLM_PRICES_FILE", "RLM_MAX_COST_USD", "RLM_KEY_DAILY_USD"):
+            env.pop(name, None)
         with log_path.open("wb") as log:
             # cwd is an empty directory so no stray .env file changes the configuration.
             proc = subprocess.Popen(

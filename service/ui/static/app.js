@@ -6,6 +6,7 @@
 
 import { AuthError, getJSON, getKey, setKey, streamEvents } from "./api.js";
 import { badge, clear, el, fmtInt, fmtMs, fmtTime, longText } from "./dom.js";
+import { fmtUsd } from "./timeline.js";
 import { RunTree, parseTrajectoryFile } from "./trajectory.js";
 
 const LIST_REFRESH_MS = 3000;
@@ -102,8 +103,18 @@ function runRow(sid, run) {
     el("td", { class: "num" }, fmtInt(run.sub_calls)),
     el("td", { class: "num" }, fmtInt(usage.total_tokens)),
     el("td", { class: "num" }, run.status === "running" ? "…" : fmtMs(run.elapsed_ms)),
+    el("td", { class: `num cost${run.cost_usd === null ? " unknown" : ""}`, title: costTitle(run) }, run.status === "running" ? "…" : fmtUsd(run.cost_usd)),
     el("td", { class: "muted" }, fmtTime(run.started)),
   );
+}
+
+// A run's cost by model as a tooltip of its cost cell (the run page has the table).
+function costTitle(run) {
+  const byModel = run.usage_by_model && typeof run.usage_by_model === "object" ? run.usage_by_model : {};
+  const lines = Object.entries(byModel).map(
+    ([model, u]) => `${model}: ${fmtInt(u.calls)} call${u.calls === 1 ? "" : "s"}, ${u.priced === false ? "unknown (no price)" : fmtUsd(u.cost_usd)}`,
+  );
+  return lines.length ? lines.join("\n") : undefined;
 }
 
 function runsTable(sid, runs) {
@@ -111,7 +122,7 @@ function runsTable(sid, runs) {
   return el(
     "table",
     { class: "runs" },
-    el("thead", {}, el("tr", {}, ["status", "query", "iterations", "sub-calls", "tokens", "time", "started"].map((h) => el("th", {}, h)))),
+    el("thead", {}, el("tr", {}, ["status", "query", "iterations", "sub-calls", "tokens", "time", "cost", "started"].map((h) => el("th", {}, h)))),
     el("tbody", {}, [...runs].reverse().map((r) => runRow(sid, r))),
   );
 }

@@ -10,6 +10,7 @@
 // RLM_TRAJECTORY_DIR) into the same events, so files and live runs share one view.
 
 import { badge, el, fmtInt, fmtMs, longText } from "./dom.js";
+import { CostByModel, Timeline, fmtUsd } from "./timeline.js";
 
 // The engine's ```repl fence (service/rlm/parsing.py), to place code blocks in the prose.
 const FENCE = /^[ \t]*```[ \t]*repl[ \t]*\n([\s\S]*?)^[ \t]*```[ \t]*$/gm;
@@ -68,11 +69,15 @@ export class RunTree {
     this.totalsEl = el("dl", { class: "totals" });
     this.bodyEl = el("div", { class: "run-body" });
     this.errorEl = el("div", { class: "run-error", hidden: true });
+    // Time and money: the timeline's lanes and the cost by model (timeline.js).
+    this.timeline = new Timeline();
+    this.costs = new CostByModel();
     this.el = el(
       "article",
       { class: "trajectory" },
       el("header", { class: "run-header" }, el("div", { class: "run-title" }, "Run ", this.statusEl), this.queryEl, this.totalsEl),
       this.errorEl,
+      el("div", { class: "run-charts" }, this.timeline.el, this.costs.el),
       this.bodyEl,
     );
     this.renderTotals();
@@ -107,6 +112,9 @@ export class RunTree {
       default:
         return;
     }
+    this.timeline.apply(ev);
+    const run = this.runs.get(ev.run);
+    this.costs.add(ev, run ? run.model : "");
     this.renderTotals();
   }
 
@@ -128,7 +136,9 @@ export class RunTree {
       this.bodyEl.append(run.el);
     } else if (parent) {
       const block = this.currentBlock(parent);
-      const call = this.newCall(block, { kind: "rlm", model: ev.model, prompt: ev.query, running: true });
+      const call = this.newCall(block, {
+        kind: "rlm", model: ev.model, prompt: ev.query, running: true, batch: ev.batch, index: ev.batch_index,
+      });
       call.child = run;
       call.nest.append(
         el("details", { class: "child-run", open: true }, el("summary", {}, `recursive run · depth ${run.depth}`), run.el),
@@ -206,7 +216,9 @@ export class RunTree {
         return;
       }
     }
-    const call = this.newCall(block, { kind: ev.kind || "llm", model: ev.model, prompt: ev.prompt });
+    const call = this.newCall(block, {
+      kind: ev.kind || "llm", model: ev.model, prompt: ev.prompt, batch: ev.batch, index: ev.batch_index,
+    });
     this.finishCall(call, ev, tok);
   }
 
@@ -233,6 +245,7 @@ export class RunTree {
     this.ended = true;
     const summary = ev.summary || {};
     this.summary = summary;
+    this.costs.setSummary(summary);
     this.setStatus(ev.status || summary.status || "done");
     if (summary.error) {
       this.errorEl.hidden = false;
@@ -253,6 +266,7 @@ export class RunTree {
     const run = {
       id,
       depth: Number(ev.depth || 0),
+      model: String(ev.model ?? ""),
       ns: ev.ns || "",
       iters: new Map(),
       lastIter: null,
@@ -358,28 +372,36 @@ export class RunTree {
     return block;
   }
 
-  newCall(block, { kind, model, prompt, running = false }) {
+  /** A sub-call under its block; calls of one batch stay in input order as they arrive. */
+  newCall(block, { kind, model, prompt, running = false, batch, index }) {
     const statusEl = running ? badge("running", "status-running") : null;
     const metaEl = el("span", { class: "meta" });
     const answerEl = el("div", { class: "call-answer" });
     const nest = el("div", { class: "call-nest" });
+    const inBatch = Number.isInteger(batch) && Number.isInteger(index);
     const li = el(
       "li",
-      { class: `call kind-${kind}` },
+      { class: `call kind-${kind}`, dataset: inBatch ? { batch: String(batch), index: String(index) } : undefined },
       el("div", { class: "call-head" }, badge(kind, `kind kind-${kind}`), model ? el("span", { class: "model" }, model) : null, statusEl, metaEl),
       longText(prompt ?? "", { cls: "prompt", lines: 4, chars: 400, label: "prompt" }),
       answerEl,
       nest,
     );
-    block.callsEl.append(li);
+    const after = inBatch
+      ? [...block.callsEl.children].find((o) => o.dataset.batch === String(batch) && Number(o.dataset.index) > index)
+      : undefined;
+    if (after) block.callsEl.insertBefore(li, after);
+    else block.callsEl.append(li);
     return { el: li, statusEl, metaEl, answerEl, nest, prompt: String(prompt ?? ""), child: null };
   }
 
   takeChild(block, ev) {
     const pending = block.pendingChildren;
     if (!pending.length) return null;
+    let i = ev.child_run ? pending.findIndex((c) => c.child && c.child.id === ev.child_run) : -1;
+    if (i >= 0) return pending.splice(i, 1)[0];
     const want = stripPreview(ev.prompt);
-    let i = pending.findIndex((c) => c.child && c.child.done && stripPreview(c.prompt).startsWith(want));
+    i = pending.findIndex((c) => c.child && c.child.done && stripPreview(c.prompt).startsWith(want));
     if (i < 0) i = pending.findIndex((c) => c.child && c.child.done);
     if (i < 0) i = 0;
     return pending.splice(i, 1)[0];
@@ -410,6 +432,8 @@ export class RunTree {
       ["model calls", fmtInt(t.modelCalls)],
       ["tokens", `${fmtInt(prompt + completion)} (${fmtInt(prompt)} in, ${fmtInt(completion)} out)`],
       ["wall time", fmtMs(wall)],
+      // The service's meter when the run is over; the events' sum while it runs.
+      ["cost", fmtUsd(s && "cost_usd" in s ? s.cost_usd : this.costs.total())],
     ];
     this.totalsEl.replaceChildren(
       ...items.map(([k, v]) => el("div", { class: "total", dataset: { total: k } }, el("dt", {}, k), el("dd", {}, v))),
