@@ -89,12 +89,19 @@ loadtest: install ## Locust against a deployed HOST (USERS, RUN_TIME, SPAWN_RATE
 loadtest-local: image ## scripted upstream + service + runsc on loopback (USERS, LOCAL_RUN_TIME=60s, LATENCY=0); fails on any error
 	$(PY) -m loadtest.local --users $(USERS) --run-time $(or $(LOCAL_RUN_TIME),60s) --latency $(or $(LATENCY),0)
 
+smoke: install ## first-deploy checks through the ALB: TLS, health, a needle, a session, stickiness (HOST, KEY or RLM_SMOKE_KEY; SMOKE_FLAGS)
+	@test -n "$(HOST)" || { echo "usage: make smoke HOST=https://... [KEY=...] [SMOKE_FLAGS=--expect-alb]"; exit 2; }
+	$(PY) -m loadtest.smoke --host $(HOST) $(if $(KEY),--key $(KEY),) $(SMOKE_FLAGS)
+
 # ---- AWS: AMIs, the Pulumi fleet, one dev instance ----------------------------------------
 ARCH ?= arm64
 BUCKET ?=
-ami: install ## bake the host AMI for ARCH (arm64|x86_64) through BUCKET; writes /rlm-py/ami/ARCH
-	@test -n "$(BUCKET)" || { echo "usage: make ami ARCH=arm64 BUCKET=my-bake-bucket [REGION=...]"; exit 2; }
-	$(PY) -m ami.bake --arch $(ARCH) --bucket $(BUCKET) $(if $(REGION),--region $(REGION))
+# The stack whose AMI pointer /rlm-py/STACK/ami/ARCH the bake writes (the Pulumi stack's name).
+STACK ?= $(INFRA_STACK)
+KEEP ?= 3
+ami: install ## bake the AMI for each ARCH ("arm64 x86_64" or all) through BUCKET; writes /rlm-py/STACK/ami/ARCH, keeps KEEP
+	@test -n "$(BUCKET)" || { echo "usage: make ami ARCH=arm64 BUCKET=my-bake-bucket [STACK=dev KEEP=3 REGION=...]"; exit 2; }
+	$(PY) -m ami.bake $(foreach a,$(ARCH),--arch $(a)) --bucket $(BUCKET) --stack $(STACK) --keep $(KEEP) $(if $(REGION),--region $(REGION))
 
 INFRA_STACK ?= dev
 infra-preview: install ## what `pulumi up` would change (Pulumi CLI + AWS credentials)
@@ -119,11 +126,11 @@ EXTRA_VARS ?=
 DRY_RUN ?=
 EC2_COMMON = $(if $(REGION),--region $(REGION)) $(if $(DRY_RUN),--dry-run)
 
-aws-setup: install ## AWS credentials (asked if none), IAM_USER's access key, key pair rlm-py + rlm-py.pem
+aws-setup: install ## AWS credentials (asked if none), IAM_USER's access key, key pair rlm-py + rlm-py.pem, role/profile rlm-py-devbox
 	$(EC2) aws-setup $(EC2_COMMON) $(if $(IAM_USER),--iam-user $(IAM_USER))
-create: install ## launch the dev instance (ARCH, INSTANCE_TYPE, ROOT_GB, INSTANCE_PROFILE)
-	$(EC2) create $(EC2_COMMON) --arch $(ARCH) --root-gb $(ROOT_GB) $(if $(INSTANCE_TYPE),--instance-type $(INSTANCE_TYPE)) $(if $(INSTANCE_PROFILE),--instance-profile $(INSTANCE_PROFILE))
-conn: install ## open SSH and port 3000 (SSH_CIDR, APP_CIDR), rsync the repo, ssh in (ID optional)
+create: install ## launch the dev instance with profile rlm-py-devbox (ARCH, INSTANCE_TYPE, ROOT_GB, INSTANCE_PROFILE=none|P, STACK's AMI)
+	$(EC2) create $(EC2_COMMON) --arch $(ARCH) --root-gb $(ROOT_GB) --stack $(STACK) $(if $(INSTANCE_TYPE),--instance-type $(INSTANCE_TYPE)) $(if $(INSTANCE_PROFILE),--instance-profile $(INSTANCE_PROFILE))
+conn: install ## open SSH and port 3000 to you (SSH_CIDR, APP_CIDR; replaces your previous IP's rules), rsync the repo, ssh in
 	$(EC2) conn $(ID) $(EC2_COMMON) $(if $(SSH_CIDR),--ssh-cidr $(SSH_CIDR)) $(if $(APP_CIDR),--app-cidr $(APP_CIDR))
 # The instance's system python3: conn does not copy .venv, and ec2-setup needs no boto3.
 ec2-setup: ## on the instance: provision it with ami/playbook.yml (EXTRA_VARS="k=v ...")

@@ -1,14 +1,21 @@
-"""Bake rlm-py AMIs, one per architecture, with ami/playbook.yml.
+"""Bake rlm-py AMIs, one per architecture asked for, with ami/playbook.yml.
 
 For each architecture: pack the repository and upload it to S3; create a temporary security
-group (no ingress) and instance profile (SSM only); launch a builder from Canonical's Ubuntu
-24.04 AMI; run the playbook on it through SSM Run Command (it downloads the repository with a
-presigned URL, so the builder needs no S3 permission); create the image, wait until it is
-available, tag it and write its id to the SSM parameter /rlm-py/ami/<arch>. The builder, the
-group, the profile and the upload are removed whatever happens (each one as soon as it was
-created, it is registered for cleanup).
+group (no ingress) and instance profile (the SSM agent's channels and a write-only S3 prefix
+for the command's output: no SSM parameter, so no secret, is readable on a builder); launch a
+builder from Canonical's Ubuntu 24.04 AMI; run the playbook on it through SSM Run Command (it
+downloads the repository with a presigned URL, and its full output goes to
+s3://<bucket>/rlm-py/ami-bake/<run>/output/, since SSM keeps only the first 24,000 characters);
+create the image, wait until it is available, tag it and write its id to the stack's SSM
+parameter `/rlm-py/<stack>/ami/<arch>`; then keep the newest `--keep` images of that stack and
+architecture and deregister the older ones with their snapshots. The builder, the group, the
+profile and the upload are removed whatever happens (each one as soon as it was created, it is
+registered for cleanup); the output stays in S3 for reading.
 
-    python -m ami.bake --arch arm64 --bucket my-bake-bucket      # or ami/bake ...
+The commands SSM runs are a POSIX `sh` script: AWS-RunShellScript writes them to a file with
+no shebang and runs it with `sh`, which is dash on Ubuntu (no `pipefail`, no arrays).
+
+    python -m ami.bake --arch arm64 --bucket my-bake-bucket --stack dev   # or ami/bake ...
 
 Waiting is injectable (`Clock`, `Timeouts`) so the tests against moto take no time.
 """
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import math
 import os
 import shlex
@@ -39,14 +47,56 @@ from botocore.exceptions import ClientError
 # ami/constants.py (architectures, stock Ubuntu) and service/constants.py (parameter names)
 # are the single sources; the repository root is on sys.path when this runs as
 # `python -m ami.bake` or through the ami/bake wrapper.
-from ami.constants import ARCHES, EC2_TRUST_POLICY, ubuntu_ami_param
-from service.constants import SSM_AMI_PARAM
+from ami.constants import (
+    ANSIBLE_CORE_VERSION,
+    APT_LOCK_TIMEOUT_S,
+    ARCHES,
+    EC2_TRUST_POLICY,
+    ubuntu_ami_param,
+)
+from service.constants import ssm_name
 
 DEFAULT_INSTANCE_TYPE = {"arm64": "m7g.large", "x86_64": "m7i.large"}
-SSM_CORE_POLICY = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+DEFAULT_STACK = "dev"
+# Images kept per stack and architecture. At least 2: the fleet's launch templates name the
+# image `pulumi up` resolved, which is the previous one until the next `pulumi up`, and a
+# scale-out from a deregistered image fails.
+DEFAULT_KEEP = 3
+MIN_KEEP = 2
 # Extra vars for the playbook on a builder: modern runsc from gVisor's repository; the service
-# enabled for the next boot but not started, so no secret is fetched into the image.
-DEFAULT_PLAYBOOK_VARS = {"gvisor_source": "apt", "rlm_service_start": "false"}
+# enabled for the next boot but not started, so no secret is fetched into the image; the
+# CloudWatch agent (the log shipper of fleet hosts) installed.
+DEFAULT_PLAYBOOK_VARS = {
+    "gvisor_source": "apt",
+    "rlm_service_start": "false",
+    "rlm_cloudwatch_agent": "true",
+    "apt_lock_timeout_s": str(APT_LOCK_TIMEOUT_S),
+}
+# The SSM agent's own channels: registration (ssm:UpdateInstanceInformation), Run Command and
+# Session Manager messages (ec2messages, ssmmessages), associations it polls for. This is
+# AmazonSSMManagedInstanceCore without its ssm:GetParameter(s), ssm:GetDocument and inventory
+# and patching calls: a builder reads no parameter, so it can read no secret.
+SSM_AGENT_ACTIONS = (
+    "ssm:UpdateInstanceInformation",
+    "ssm:ListInstanceAssociations",
+    "ssm:UpdateInstanceAssociationStatus",
+    "ec2messages:AcknowledgeMessage",
+    "ec2messages:DeleteMessage",
+    "ec2messages:FailMessage",
+    "ec2messages:GetEndpoint",
+    "ec2messages:GetMessages",
+    "ec2messages:SendReply",
+    "ssmmessages:CreateControlChannel",
+    "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenControlChannel",
+    "ssmmessages:OpenDataChannel",
+)
+# Where AWS-RunShellScript's agent puts a step's output under OutputS3KeyPrefix.
+OUTPUT_STEP = "awsrunShellScript/0.awsrunShellScript"
+OUTPUT_TAIL_BYTES = 8000
+# Paths on the builder (absolute; `provision_script(root=...)` prefixes them for tests).
+BUILDER_SRC = "/opt/rlm-py-src"
+BUILDER_VENV = "/opt/ansible-venv"
 TERMINAL_COMMAND_STATES = {"Success", "Failed", "Cancelled", "TimedOut", "Cancelling"}
 EXCLUDED_FROM_TARBALL = {
     ".git",
@@ -64,12 +114,20 @@ class BakeError(Exception):
 
 
 class ProvisionFailed(BakeError):
-    """The playbook run on the builder ended in a state other than Success."""
+    """The playbook run on the builder ended in a state other than Success.
 
-    def __init__(self, status: str, output: str) -> None:
-        super().__init__(f"provisioning ended {status}; last output:\n{output[-4000:]}")
+    `output` is the tail of the full output from S3 when the agent uploaded it, else what SSM
+    kept (its first 24,000 characters); `output_url` says where the whole of it is.
+    """
+
+    def __init__(self, status: str, output: str, output_url: str) -> None:
+        super().__init__(
+            f"provisioning ended {status}; full output under {output_url}; last output:\n"
+            f"{output[-4000:]}"
+        )
         self.status = status
         self.output = output
+        self.output_url = output_url
 
 
 class BakeTimeout(BakeError):
@@ -107,6 +165,8 @@ class BakeConfig:
     arch: str
     bucket: str
     repo_dir: Path
+    stack: str = DEFAULT_STACK
+    keep: int = DEFAULT_KEEP
     base_ami: str | None = None
     instance_type: str | None = None
     subnet_id: str | None = None
@@ -118,6 +178,16 @@ class BakeConfig:
     def __post_init__(self) -> None:
         if self.arch not in ARCHES:
             raise BakeError(f"arch must be one of {', '.join(ARCHES)}, not {self.arch!r}")
+        if self.keep < MIN_KEEP:
+            raise BakeError(
+                f"--keep {self.keep}: keep at least {MIN_KEEP} images (the fleet's launch "
+                "templates still name the previous one until the next `pulumi up`)"
+            )
+
+    @property
+    def ami_parameter(self) -> str:
+        """The stack's pointer to its image for this architecture."""
+        return ssm_name(self.stack, f"ami/{self.arch}")
 
 
 @dataclass(frozen=True)
@@ -155,27 +225,88 @@ def _git(repo_dir: Path, *args: str) -> bytes:
     ).stdout
 
 
-def provision_script(repo_url: str, playbook_vars: dict[str, str]) -> list[str]:
-    """The shell lines SSM runs on the builder: fetch the repo, install ansible-core from PyPI,
-    apply the playbook, then remove everything that must not end up in the image."""
-    extra_vars = " ".join(f"-e {shlex.quote(f'{k}={v}')}" for k, v in sorted(playbook_vars.items()))
+def provision_script(
+    repo_url: str,
+    playbook_vars: dict[str, str],
+    ansible_version: str = ANSIBLE_CORE_VERSION,
+    root: str = "",
+) -> list[str]:
+    """The lines SSM runs on the builder, a POSIX `sh` script (dash runs it on Ubuntu).
+
+    Fetch the repo, install the pinned ansible-core, apply the playbook, then remove what must
+    not end up in the image and clear the machine id (each instance gets its own at first
+    boot). One command a line and no pipes or `&&` lists: under `set -e` only a simple
+    command's failure stops the script, and dash has no `pipefail`. `root` prefixes every path
+    the script writes, so a test can run it for real in a scratch directory.
+    """
+    q = shlex.quote
+    src, venv, tarball = (
+        q(root + BUILDER_SRC),
+        q(root + BUILDER_VENV),
+        q(root + BUILDER_SRC + ".tar.gz"),
+    )
+    machine_id, dbus_id = q(root + "/etc/machine-id"), q(root + "/var/lib/dbus/machine-id")
+    apt = f"apt-get -o DPkg::Lock::Timeout={APT_LOCK_TIMEOUT_S}"
+    extra_vars = " ".join(f"-e {q(f'{k}={v}')}" for k, v in sorted(playbook_vars.items()))
     return [
-        "set -euxo pipefail",
+        "set -eux",
         "export DEBIAN_FRONTEND=noninteractive",
-        # First boot: cloud-init and unattended-upgrades hold the dpkg lock for a while.
+        # First boot: cloud-init, then apt-daily(-upgrade) and unattended-upgrades take the
+        # dpkg lock. Stopped for the bake (still enabled in the image); apt-get and the
+        # playbook's apt tasks wait for the lock anyway if one is already running.
         "cloud-init status --wait >/dev/null || true",
-        "systemctl stop unattended-upgrades.service || true",
-        'src=/opt/rlm-py-src && rm -rf "$src" && mkdir -p "$src"',
-        f'curl -fsSL --retry 5 {shlex.quote(repo_url)} | tar -xz -C "$src"',
-        "apt-get update -q && apt-get install -y -q python3-venv",
-        "python3 -m venv /opt/ansible-venv && /opt/ansible-venv/bin/pip install -q 'ansible-core>=2.16'",
-        (
-            'cd "$src" && /opt/ansible-venv/bin/ansible-playbook -i localhost, -c local'
-            f" ami/playbook.yml {extra_vars}"
-        ),
-        'rm -rf "$src" /opt/ansible-venv /etc/rlm-py/secrets.env',
-        "apt-get clean && cloud-init clean --logs || true",
+        "systemctl stop apt-daily.timer apt-daily-upgrade.timer || true",
+        "systemctl stop apt-daily.service apt-daily-upgrade.service unattended-upgrades.service || true",
+        f"rm -rf {src} {venv}",
+        f"mkdir -p {src}",
+        f"curl -fsSL --retry 5 -o {tarball} {q(repo_url)}",
+        f"tar -xzf {tarball} -C {src}",
+        f"rm -f {tarball}",
+        f"{apt} update -q",
+        f"{apt} install -y -q python3-venv",
+        f"python3 -m venv {venv}",
+        f"{venv}/bin/pip install -q {q(f'ansible-core=={ansible_version}')}",
+        f"cd {src}",
+        f"{venv}/bin/ansible-playbook -i localhost, -c local ami/playbook.yml {extra_vars}",
+        "cd /",
+        f"rm -rf {src} {venv} {q(root + '/etc/rlm-py/secrets.env')}",
+        "apt-get clean",
+        "cloud-init clean --logs",
+        # Empty, not absent: systemd then makes a new id at the instance's first boot.
+        f"truncate -s 0 {machine_id}",
+        f"rm -f {dbus_id}",
+        f"if [ -d {q(root + '/var/lib/dbus')} ]; then ln -s /etc/machine-id {dbus_id}; fi",
     ]
+
+
+def builder_policy(bucket: str, output_prefix: str) -> dict[str, Any]:
+    """The builder's only permissions: the SSM agent's channels, and writing its command
+    output under `output_prefix` in `bucket`. No ssm:GetParameter*, no KMS, no S3 read."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "SsmAgent",
+                "Effect": "Allow",
+                "Action": list(SSM_AGENT_ACTIONS),
+                "Resource": "*",
+            },
+            {
+                # The agent may set the bucket-owner ACL on what it uploads.
+                "Sid": "CommandOutput",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject", "s3:PutObjectAcl"],
+                "Resource": f"arn:aws:s3:::{bucket}/{output_prefix}/*",
+            },
+            {
+                # The agent checks the bucket's region and encryption before it uploads.
+                "Sid": "CommandOutputBucket",
+                "Effect": "Allow",
+                "Action": ["s3:GetBucketLocation", "s3:GetEncryptionConfiguration"],
+                "Resource": f"arn:aws:s3:::{bucket}",
+            },
+        ],
+    }
 
 
 def waiter_config(total_s: float, delay_s: float) -> dict[str, int]:
@@ -197,8 +328,13 @@ class Bake:
         self.config = config
         self.clients = clients
         self.clock = clock or Clock()
-        self.run_id = f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+        started = datetime.now(UTC)
+        self.run_id = f"{started:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+        # Orders images made within one second too (CreationDate has whole seconds).
+        self.started_at = started.isoformat(timespec="microseconds")
         self.name = f"{config.name_prefix}-ami-builder-{config.arch}-{self.run_id}"
+        # Where the SSM agent writes the provisioning output (kept after the bake).
+        self.output_prefix = f"{config.name_prefix}/ami-bake/{self.run_id}-{config.arch}/output"
         self._log = log or (lambda message: print(message, file=sys.stderr))
 
     def log(self, message: str) -> None:
@@ -222,14 +358,15 @@ class Bake:
         self.provision(instance_id, repo_url)
         image_id = self.create_image(instance_id, base_ami, commit)
         self.clients.ssm.put_parameter(
-            Name=SSM_AMI_PARAM.format(arch=config.arch),
+            Name=config.ami_parameter,
             Value=image_id,
             Type="String",
             DataType="aws:ec2:image",
             Overwrite=True,
-            Description=f"rlm-py AMI for {config.arch}, baked {self.run_id}",
+            Description=f"rlm-py AMI of stack {config.stack} for {config.arch}, baked {self.run_id}",
         )
-        self.log(f"{image_id} written to {SSM_AMI_PARAM.format(arch=config.arch)}")
+        self.log(f"{image_id} written to {config.ami_parameter}")
+        self.prune_images(keep_ids={image_id})
         return image_id
 
     # -- steps -------------------------------------------------------------------------------
@@ -289,13 +426,17 @@ class Bake:
         cleanup.callback(
             self._quietly, "delete the builder role", iam.delete_role, RoleName=self.name
         )
-        iam.attach_role_policy(RoleName=self.name, PolicyArn=SSM_CORE_POLICY)
+        iam.put_role_policy(
+            RoleName=self.name,
+            PolicyName="builder",
+            PolicyDocument=json.dumps(builder_policy(self.config.bucket, self.output_prefix)),
+        )
         cleanup.callback(
             self._quietly,
-            "detach the SSM policy",
-            iam.detach_role_policy,
+            "delete the builder's policy",
+            iam.delete_role_policy,
             RoleName=self.name,
-            PolicyArn=SSM_CORE_POLICY,
+            PolicyName="builder",
         )
         iam.create_instance_profile(InstanceProfileName=self.name)
         cleanup.callback(
@@ -362,7 +503,8 @@ class Bake:
 
     def provision(self, instance_id: str, repo_url: str) -> None:
         ssm, timeouts = self.clients.ssm, self.config.timeouts
-        commands = provision_script(repo_url, self.config.playbook_vars)
+        playbook_vars = {"rlm_stack": self.config.stack, **self.config.playbook_vars}
+        commands = provision_script(repo_url, playbook_vars)
 
         def send() -> str | None:
             try:
@@ -374,6 +516,10 @@ class Bake:
                         "commands": commands,
                         "executionTimeout": [str(int(timeouts.provision_s))],
                     },
+                    # SSM keeps only 24,000 characters of output; the agent uploads all of it.
+                    OutputS3BucketName=self.config.bucket,
+                    OutputS3KeyPrefix=self.output_prefix,
+                    OutputS3Region=ssm.meta.region_name,
                 )["Command"]["CommandId"]
             except ClientError as exc:
                 if exc.response["Error"]["Code"] == "InvalidInstanceId":
@@ -383,7 +529,8 @@ class Bake:
         command_id = self._poll(
             send, timeouts.ssm_agent_s, f"the SSM agent on {instance_id} to register"
         )
-        self.log(f"running the playbook (SSM command {command_id})")
+        output_url = f"s3://{self.config.bucket}/{self.output_prefix}/{command_id}/{instance_id}/"
+        self.log(f"running the playbook (SSM command {command_id}); full output: {output_url}")
 
         def finished() -> dict[str, Any] | None:
             try:
@@ -400,11 +547,28 @@ class Bake:
             finished, timeouts.provision_s + timeouts.poll_s, f"SSM command {command_id}"
         )
         if invocation["Status"] != "Success":
-            output = invocation.get("StandardOutputContent", "") + invocation.get(
-                "StandardErrorContent", ""
+            output = self.output_tail(command_id, instance_id) or (
+                invocation.get("StandardOutputContent", "")
+                + invocation.get("StandardErrorContent", "")
             )
-            raise ProvisionFailed(invocation["Status"], output)
+            raise ProvisionFailed(invocation["Status"], output, output_url)
         self.log("playbook applied")
+
+    def output_tail(self, command_id: str, instance_id: str) -> str:
+        """The last OUTPUT_TAIL_BYTES of the command's stdout and stderr as the agent uploaded
+        them to S3; '' when it uploaded nothing (it could not, or has not yet)."""
+        s3, bucket = self.clients.s3, self.config.bucket
+        parts = []
+        for stream in ("stdout", "stderr"):
+            key = f"{self.output_prefix}/{command_id}/{instance_id}/{OUTPUT_STEP}/{stream}"
+            try:
+                body = s3.get_object(Bucket=bucket, Key=key, Range=f"bytes=-{OUTPUT_TAIL_BYTES}")
+            except ClientError as exc:
+                self.log(f"no {stream} in s3://{bucket}/{key} ({_code(exc)})")
+                continue
+            text = body["Body"].read().decode("utf-8", "replace")
+            parts.append(f"--- {stream} (tail) ---\n{text}")
+        return "\n".join(parts)
 
     def create_image(self, instance_id: str, base_ami: str, commit: str | None) -> str:
         ec2, config = self.clients.ec2, self.config
@@ -432,6 +596,70 @@ class Bake:
             ec2.create_tags(Resources=snapshots, Tags=tags)
         return image_id
 
+    def prune_images(self, keep_ids: set[str]) -> list[str]:
+        """Deregister this stack's and architecture's images beyond the newest `keep`, and
+        delete their snapshots; never one in `keep_ids`, one a live instance runs or one a
+        launch template's default or latest version names. The images deregistered."""
+        ec2, config = self.clients.ec2, self.config
+        images = ec2.describe_images(
+            Owners=["self"],
+            Filters=[
+                {"Name": "tag:rlm-py:arch", "Values": [config.arch]},
+                {"Name": "tag:rlm-py:stack", "Values": [config.stack]},
+            ],
+        )["Images"]
+
+        def age(image: dict[str, Any]) -> tuple[str, str]:
+            tags = {t["Key"]: t["Value"] for t in image.get("Tags", [])}
+            return image.get("CreationDate", ""), tags.get("rlm-py:started", "")
+
+        newest_first = sorted(images, key=age, reverse=True)
+        old = [i for i in newest_first[config.keep :] if i["ImageId"] not in keep_ids]
+        in_use = self._images_in_use() if old else set()
+        pruned = []
+        for image in old:
+            if image["ImageId"] in in_use:
+                self.log(f"keeping {image['ImageId']}: an instance or launch template uses it")
+                continue
+            snapshots = [
+                m["Ebs"]["SnapshotId"]
+                for m in image.get("BlockDeviceMappings", [])
+                if m.get("Ebs", {}).get("SnapshotId")
+            ]
+            ec2.deregister_image(ImageId=image["ImageId"])
+            for snapshot in snapshots:
+                self._quietly("delete a snapshot", ec2.delete_snapshot, SnapshotId=snapshot)
+            pruned.append(image["ImageId"])
+            self.log(f"deregistered {image['ImageId']} and snapshots {', '.join(snapshots) or '-'}")
+        return pruned
+
+    def _images_in_use(self) -> set[str]:
+        ec2 = self.clients.ec2
+        used = {
+            i["ImageId"]
+            for page in ec2.get_paginator("describe_instances").paginate(
+                Filters=[
+                    {
+                        "Name": "instance-state-name",
+                        "Values": ["pending", "running", "stopping", "stopped"],
+                    }
+                ]
+            )
+            for r in page["Reservations"]
+            for i in r["Instances"]
+        }
+        for page in ec2.get_paginator("describe_launch_templates").paginate():
+            for template in page["LaunchTemplates"]:
+                versions = ec2.describe_launch_template_versions(
+                    LaunchTemplateId=template["LaunchTemplateId"], Versions=["$Default", "$Latest"]
+                )["LaunchTemplateVersions"]
+                used.update(
+                    v["LaunchTemplateData"]["ImageId"]
+                    for v in versions
+                    if v.get("LaunchTemplateData", {}).get("ImageId")
+                )
+        return used
+
     def terminate(self, instance_id: str) -> None:
         ec2 = self.clients.ec2
         self._quietly("terminate the builder", ec2.terminate_instances, InstanceIds=[instance_id])
@@ -451,7 +679,9 @@ class Bake:
         tags = {
             "Name": self.name,
             "rlm-py:arch": self.config.arch,
+            "rlm-py:stack": self.config.stack,
             "rlm-py:bake": self.run_id,
+            "rlm-py:started": self.started_at,
             **extra,
         }
         return [{"Key": k, "Value": v} for k, v in tags.items()]
@@ -476,6 +706,10 @@ class Bake:
             self.log(f"cleanup: could not {what}: {exc}")
 
 
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", "error"))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="ami/bake", description="Bake rlm-py AMIs with ami/playbook.yml."
@@ -483,8 +717,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--arch",
         action="append",
+        required=True,
         choices=[*ARCHES, "all"],
-        help="architecture to bake; repeat, or 'all' (default: all)",
+        help="architecture to bake, only those asked for; repeat, or 'all'",
+    )
+    parser.add_argument(
+        "--stack",
+        default=DEFAULT_STACK,
+        help=f"the stack whose AMI pointer /rlm-py/<stack>/ami/<arch> is written (default {DEFAULT_STACK})",
+    )
+    parser.add_argument(
+        "--keep",
+        type=int,
+        default=DEFAULT_KEEP,
+        help=f"images kept per stack and architecture, the new one included (default {DEFAULT_KEEP}, at least {MIN_KEEP})",
     )
     parser.add_argument(
         "--bucket",
@@ -515,11 +761,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--bucket (or RLM_AMI_BUCKET) is required")
     if args.base_ami and len(_arches(args.arch)) > 1:
         parser.error("--base-ami names one architecture's AMI: pass one --arch with it")
+    if args.keep < MIN_KEEP:
+        parser.error(
+            f"--keep must be at least {MIN_KEEP}: the fleet may still use the previous image"
+        )
     return args
 
 
-def _arches(chosen: list[str] | None) -> list[str]:
-    if not chosen or "all" in chosen:
+def _arches(chosen: list[str]) -> list[str]:
+    if "all" in chosen:
         return list(ARCHES)
     return list(dict.fromkeys(chosen))
 
@@ -540,6 +790,8 @@ def main(
             arch=arch,
             bucket=args.bucket,
             repo_dir=args.repo_dir,
+            stack=args.stack,
+            keep=args.keep,
             base_ami=args.base_ami,
             instance_type=args.instance_type,
             subnet_id=args.subnet_id,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-# EC2's own architecture names, as in `/rlm-py/ami/<arch>` (service.constants.SSM_AMI_PARAM).
+# EC2's own architecture names, as in `/rlm-py/<stack>/ami/<arch>` (service.constants.ssm_name).
 # Order matters where capacity is mixed: earlier architectures get launch priority.
 ARCHES: tuple[str, ...] = ("arm64", "x86_64")
 # Canonical's public SSM parameter for the current Ubuntu 24.04 server AMI, which names the
@@ -33,6 +33,15 @@ EC2_TRUST_POLICY = json.dumps(
         ],
     }
 )
+
+
+# The ansible-core the bake installs on a builder: exactly the version the playbook is tested
+# with here (tests/ami checks that the venv's ansible-core is of the same series), so a new
+# release on PyPI never changes a bake behind our back.
+ANSIBLE_CORE_VERSION = "2.19.14"
+# How long apt waits for the dpkg lock (seconds): on a fresh Ubuntu host apt-daily and
+# unattended-upgrades hold it for minutes; the bake's apt-get and the playbook's apt tasks wait.
+APT_LOCK_TIMEOUT_S = 600
 
 
 def ubuntu_ami_param(arch: str) -> str:

@@ -1,4 +1,8 @@
-"""The service's credentials as SSM SecureString parameters, named by service.constants."""
+"""The service's credentials as SSM SecureString parameters of this stack.
+
+Named `/rlm-py/<stack>/<VARIABLE>` (service.constants.ssm_name), so stacks in one account
+and region never share a parameter, nor collide with one a dev-box user created by hand.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from service.constants import SSM_OPENAI_API_KEY, SSM_RLM_API_KEYS
+from infra.components.naming import StackNames
 
 
 @dataclass
@@ -18,6 +22,7 @@ class SecretsArgs:
     use through SSM without a KMS grant.
     """
 
+    names: StackNames
     openai_api_key: pulumi.Input[str]
     rlm_api_keys: pulumi.Input[str]
     kms_key_id: str | None = None
@@ -38,11 +43,8 @@ class Secrets(pulumi.ComponentResource):
         self, name: str, args: SecretsArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("rlm-py:infra:Secrets", name, None, opts)
-        self.env_params = {
-            "OPENAI_API_KEY": SSM_OPENAI_API_KEY,
-            "RLM_API_KEYS": SSM_RLM_API_KEYS,
-        }
         values = {"OPENAI_API_KEY": args.openai_api_key, "RLM_API_KEYS": args.rlm_api_keys}
+        self.env_params = {env: args.names.parameter(env) for env in values}
         params = [
             aws.ssm.Parameter(
                 f"{name}-{env.lower().replace('_', '-')}",
@@ -51,7 +53,7 @@ class Secrets(pulumi.ComponentResource):
                 # Wrapped again so the value stays masked in diffs even if given plainly.
                 value=pulumi.Output.secret(values[env]),
                 key_id=args.kms_key_id,
-                description=f"rlm-py {env}, read at boot by the fleet's instance role",
+                description=f"rlm-py {env} of stack {args.names.stack}, read at boot by its hosts",
                 opts=pulumi.ResourceOptions(parent=self),
             )
             for env, param_name in self.env_params.items()

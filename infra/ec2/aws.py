@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +27,11 @@ from botocore.exceptions import (
     WaiterError,
 )
 
+from ami.constants import EC2_TRUST_POLICY
 from infra.ec2.errors import AwsError, ConfigError, Conflict, NotFound, UsageError, WaitTimeout
 from infra.ec2.retry import retry
-from infra.ec2.settings import NAME, Timing
+from infra.ec2.settings import CONN_RULE_MARKER, DEVBOX_PROFILE, DEVBOX_STACK, NAME, Timing
+from service.constants import ssm_name
 
 # Codes EC2 returns for something it created a moment ago; retried, see infra.ec2.retry.
 EVENTUAL_NOT_FOUND = frozenset(
@@ -100,6 +104,10 @@ class Aws:
     @functools.cached_property
     def iam(self) -> Any:
         return self._session.client("iam")
+
+    @functools.cached_property
+    def sts(self) -> Any:
+        return self._session.client("sts")
 
 
 def connect(session: boto3.Session, timing: Timing) -> Aws:
@@ -198,13 +206,32 @@ def describe_instance(aws: Aws, instance_id: str) -> Instance:
     return Instance.from_api(answer["Reservations"][0]["Instances"][0])
 
 
+def _profile_not_visible_yet(exc: BaseException) -> bool:
+    """RunInstances' answer for an instance profile IAM made seconds ago."""
+    if error_code(exc) != "InvalidParameterValue" or not isinstance(exc, ClientError):
+        return False
+    return "instance profile" in str(exc.response.get("Error", {}).get("Message", "")).lower()
+
+
 def run_instance(aws: Aws, request: dict[str, Any]) -> str:
     """Launch one instance; returns its id.
 
-    Retries a just-created security group's NotFound with the same ClientToken, so a retry
-    after a call that did go through returns that instance instead of launching a second.
+    Retries a just-created security group's NotFound, and an instance profile IAM has not
+    propagated yet, with the same ClientToken, so a retry after a call that did go through
+    returns that instance instead of launching a second.
     """
-    answer = _retry_eventual(aws, lambda: aws.ec2.run_instances(**request), "run instance")
+    t = aws.timing
+    answer = retry(
+        lambda: aws.ec2.run_instances(**request),
+        retryable=lambda exc: (
+            error_code(exc) in EVENTUAL_NOT_FOUND or _profile_not_visible_yet(exc)
+        ),
+        sleep=t.sleep,
+        attempts=t.retry_attempts,
+        base_s=t.retry_base_s,
+        cap_s=t.retry_cap_s,
+        what="run instance",
+    )
     return str(answer["Instances"][0]["InstanceId"])
 
 
@@ -407,40 +434,59 @@ class Rule:
     port: int
     cidr: str
 
-    def permission(self) -> dict[str, Any]:
+    def permission(self, description: str | None = None) -> dict[str, Any]:
+        described = {"Description": description} if description else {}
         ranges = (
-            {"Ipv6Ranges": [{"CidrIpv6": self.cidr}]}
+            {"Ipv6Ranges": [{"CidrIpv6": self.cidr, **described}]}
             if ":" in self.cidr
-            else {"IpRanges": [{"CidrIp": self.cidr}]}
+            else {"IpRanges": [{"CidrIp": self.cidr, **described}]}
         )
         return {"IpProtocol": "tcp", "FromPort": self.port, "ToPort": self.port, **ranges}
 
 
-def existing_rules(aws: Aws, group_id: str) -> set[Rule]:
+def existing_rules(aws: Aws, group_id: str, marker: str | None = None) -> set[Rule]:
+    """The group's single-port TCP ingress rules; with `marker`, only those described so."""
     group = aws.ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]
     rules: set[Rule] = set()
     for p in group.get("IpPermissions", []):
         if p.get("IpProtocol") != "tcp" or p.get("FromPort") != p.get("ToPort"):
             continue
-        cidrs = [r["CidrIp"] for r in p.get("IpRanges", [])]
-        cidrs += [r["CidrIpv6"] for r in p.get("Ipv6Ranges", [])]
-        rules.update(Rule(port=p["FromPort"], cidr=c) for c in cidrs)
+        ranges = [(r["CidrIp"], r.get("Description")) for r in p.get("IpRanges", [])]
+        ranges += [(r["CidrIpv6"], r.get("Description")) for r in p.get("Ipv6Ranges", [])]
+        rules.update(
+            Rule(port=p["FromPort"], cidr=cidr)
+            for cidr, description in ranges
+            if marker is None or description == marker
+        )
     return rules
 
 
 def authorize(aws: Aws, group_id: str, rules: Sequence[Rule]) -> None:
-    """Add ingress `rules`, one call each; a rule someone added meanwhile counts as done."""
+    """Add ingress `rules`, described with CONN_RULE_MARKER, one call each; a rule someone
+    added meanwhile counts as done."""
     for rule in rules:
         try:
             _retry_eventual(
                 aws,
                 lambda rule=rule: aws.ec2.authorize_security_group_ingress(
-                    GroupId=group_id, IpPermissions=[rule.permission()]
+                    GroupId=group_id, IpPermissions=[rule.permission(CONN_RULE_MARKER)]
                 ),
                 f"authorize port {rule.port}",
             )
         except ClientError as exc:
             if error_code(exc) != "InvalidPermission.Duplicate":
+                raise
+
+
+def revoke(aws: Aws, group_id: str, rules: Sequence[Rule]) -> None:
+    """Remove ingress `rules`; one already gone counts as done."""
+    for rule in rules:
+        try:
+            aws.ec2.revoke_security_group_ingress(
+                GroupId=group_id, IpPermissions=[rule.permission()]
+            )
+        except ClientError as exc:
+            if error_code(exc) != "InvalidPermission.NotFound":
                 raise
 
 
@@ -456,6 +502,102 @@ def create_access_key(aws: Aws, user: str) -> tuple[str, str]:
             raise NotFound(f"IAM user {user!r} not found") from exc
         raise
     return str(key["AccessKeyId"]), str(key["SecretAccessKey"])
+
+
+def devbox_policy(account: str) -> dict[str, Any]:
+    """What the dev instance's role may do: read its own secrets, the SSM parameters under
+    ssm_name(DEVBOX_STACK, ...), and decrypt them, only through SSM and only for those
+    parameters (SecureStrings under a customer key need kms:Decrypt; aws/ssm's key policy
+    already allows SSM's callers). Any region: IAM is global, the dev instance's is not."""
+    parameters = f"arn:aws:ssm:*:{account}:parameter{ssm_name(DEVBOX_STACK, '*')}"
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "ReadOwnSecrets",
+                "Effect": "Allow",
+                "Action": ["ssm:GetParameter", "ssm:GetParameters"],
+                "Resource": parameters,
+            },
+            {
+                "Sid": "DecryptOwnSecretsThroughSsm",
+                "Effect": "Allow",
+                "Action": "kms:Decrypt",
+                "Resource": f"arn:aws:kms:*:{account}:key/*",
+                "Condition": {
+                    "StringLike": {
+                        "kms:ViaService": "ssm.*.amazonaws.com",
+                        "kms:EncryptionContext:PARAMETER_ARN": parameters,
+                    }
+                },
+            },
+        ],
+    }
+
+
+def _policy_document(value: Any) -> Any:
+    # boto3 hands IAM policy documents back decoded (moto too); a string is URL-encoded JSON.
+    if isinstance(value, str):
+        return json.loads(urllib.parse.unquote(value))
+    return value
+
+
+def ensure_devbox_profile(aws: Aws, dry_run: bool) -> list[str]:
+    """Make (once) role and instance profile DEVBOX_PROFILE with `devbox_policy`; what was
+    done (or, dry, would be), one line each; [] when everything was already in place."""
+    iam, name, done = aws.iam, DEVBOX_PROFILE, []
+    account = str(aws.sts.get_caller_identity()["Account"])
+    policy = devbox_policy(account)
+    try:
+        iam.get_role(RoleName=name)
+    except ClientError as exc:
+        if error_code(exc) != "NoSuchEntity":
+            raise
+        done.append(f"create IAM role {name} (EC2 may assume it)")
+        if not dry_run:
+            iam.create_role(
+                RoleName=name,
+                AssumeRolePolicyDocument=EC2_TRUST_POLICY,
+                Description="rlm-py dev instance: reads its own secrets from SSM",
+                Tags=[_name_tag()],
+            )
+    current = None
+    if not done:
+        try:
+            current = iam.get_role_policy(RoleName=name, PolicyName="secrets")["PolicyDocument"]
+        except ClientError as exc:
+            if error_code(exc) != "NoSuchEntity":
+                raise
+    if current is None or _policy_document(current) != policy:
+        done.append(f"allow {name} to read {ssm_name(DEVBOX_STACK, '*')} from SSM")
+        if not dry_run:
+            iam.put_role_policy(
+                RoleName=name, PolicyName="secrets", PolicyDocument=json.dumps(policy)
+            )
+    try:
+        roles = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Roles"]
+    except ClientError as exc:
+        if error_code(exc) != "NoSuchEntity":
+            raise
+        done.append(f"create instance profile {name}")
+        roles = []
+        if not dry_run:
+            iam.create_instance_profile(InstanceProfileName=name, Tags=[_name_tag()])
+    if name not in {r["RoleName"] for r in roles}:
+        done.append(f"put role {name} in instance profile {name}")
+        if not dry_run:
+            iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
+    return done
+
+
+def instance_profile_exists(aws: Aws, name: str) -> bool:
+    try:
+        aws.iam.get_instance_profile(InstanceProfileName=name)
+    except ClientError as exc:
+        if error_code(exc) == "NoSuchEntity":
+            return False
+        raise
+    return True
 
 
 def _name_tag() -> dict[str, str]:

@@ -2,11 +2,14 @@
 
 Commands:
     aws-setup [--iam-user U]   credentials (asked for if none), an access key for U,
-                               key pair rlm-py and ./rlm-py.pem (0400)
-    create [--arch A] [--instance-type T] [--root-gb N] [--instance-profile P]
-                               launch Ubuntu 24.04 (or the baked AMI) in the default VPC
+                               key pair rlm-py and ./rlm-py.pem (0400), IAM role and
+                               instance profile rlm-py-devbox (reads /rlm-py/devbox/* in SSM)
+    create [--arch A] [--instance-type T] [--root-gb N] [--instance-profile P] [--stack S]
+                               launch Ubuntu 24.04 (or stack S's baked AMI) in the default
+                               VPC, with instance profile rlm-py-devbox (or P, or none)
     conn [ID] [--ssh-cidr C] [--app-cidr C]
-                               open tcp/22 and the service port, rsync the repo, ssh in
+                               open tcp/22 and the service port to the caller (replacing
+                               the previous caller's rules), rsync the repo, ssh in
     ec2-setup [-e KEY=VALUE]   on the instance: provision it with ami/playbook.yml
     list                       table of rlm-py instances
     start|stop|reboot|delete [ID]
@@ -40,7 +43,14 @@ from ami.constants import ARCHES
 from infra.ec2 import host
 from infra.ec2.deps import Deps
 from infra.ec2.errors import CommandFailed, Ec2Error, NotFound, UsageError
-from infra.ec2.settings import DEFAULT_INSTANCE_TYPES, DEFAULT_ROOT_GB, NAME, SSH_USER
+from infra.ec2.settings import (
+    DEFAULT_AMI_STACK,
+    DEFAULT_INSTANCE_TYPES,
+    DEFAULT_ROOT_GB,
+    DEVBOX_PROFILE,
+    NAME,
+    SSH_USER,
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -68,7 +78,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--client-token", help="idempotency token (default: a fresh one per run)")
     s.add_argument(
         "--instance-profile",
-        help="IAM instance profile, e.g. one that may read /rlm-py/* in SSM (default: none)",
+        default=DEVBOX_PROFILE,
+        help=f"IAM instance profile (default {DEVBOX_PROFILE}, made by aws-setup; 'none': none)",
+    )
+    s.add_argument(
+        "--stack",
+        default=DEFAULT_AMI_STACK,
+        help=f"whose baked AMI to prefer, /rlm-py/<stack>/ami/<arch> (default {DEFAULT_AMI_STACK})",
     )
 
     s = sub.add_parser("conn", parents=[common], help="open ports, sync the repo, ssh in")

@@ -32,12 +32,18 @@ from infra.ec2.errors import (
     UsageError,
 )
 from infra.ec2.settings import (
+    CONN_RULE_MARKER,
     DEFAULT_INSTANCE_TYPES,
+    DEVBOX_PROFILE,
+    DEVBOX_STACK,
     LIVE_STATES,
     NAME,
     SSH_PORT,
 )
-from service.constants import DEFAULT_PORT
+from service.constants import DEFAULT_PORT, ssm_name
+
+# `create --instance-profile none`: launch without one (the service then finds no secrets).
+NO_PROFILE = "none"
 
 
 def say(message: str) -> None:
@@ -61,12 +67,14 @@ def _connect(args: argparse.Namespace, deps: Deps) -> Aws:
 
 
 def aws_setup(args: argparse.Namespace, deps: Deps) -> int:
-    """Credentials (asked for when none are set), an access key for IAM_USER, key pair rlm-py."""
+    """Credentials (asked for when none are set), an access key for IAM_USER, key pair rlm-py,
+    and the dev instance's role and instance profile (it reads its own secrets from SSM)."""
     session = deps.session(_region(args, deps))
     if session.get_credentials() is None:
         session = _configure(args, deps, session.region_name)
         if session is None:  # dry run: nothing to talk to AWS with
             plan(f"create key pair {NAME} and write {deps.key_path} (mode 0400)")
+            plan(f"create IAM role and instance profile {DEVBOX_PROFILE}")
             return 0
     cx = aws.connect(session, deps.timing)
     if args.iam_user:
@@ -78,6 +86,17 @@ def aws_setup(args: argparse.Namespace, deps: Deps) -> int:
             print(f"SecretAccessKey: {secret}")
             say("the secret is shown this once: store it now (e.g. `aws configure` where needed)")
     _ensure_key_pair(cx, deps, args.dry_run)
+    done = aws.ensure_devbox_profile(cx, args.dry_run)
+    for line in done:
+        (plan if args.dry_run else say)(line if args.dry_run else f"did: {line}")
+    if not done:
+        say(f"instance profile {DEVBOX_PROFILE} is in place")
+    say(
+        f"the dev instance reads OPENAI_API_KEY and RLM_API_KEYS from SSM "
+        f"({ssm_name(DEVBOX_STACK, 'OPENAI_API_KEY')}, {ssm_name(DEVBOX_STACK, 'RLM_API_KEYS')}: "
+        "aws ssm put-parameter --type SecureString --name ... --value ...), else from the .env "
+        "that `make conn` copies"
+    )
     return 0
 
 
@@ -137,13 +156,20 @@ def create(args: argparse.Namespace, deps: Deps) -> int:
     if live:
         return _report_existing(live, arch, instance_type)
     aws.check_instance_type(cx, instance_type, arch)
-    ami = deps.ami_lookup(partial(aws.ssm_parameter, cx), arch)
+    ami = deps.ami_lookup(partial(aws.ssm_parameter, cx), arch, args.stack)
     image = aws.describe_image(cx, ami.image_id)
     if image.arch != arch:
         raise Conflict(f"AMI {image.id} from {ami.parameter} is {image.arch}, not {arch}")
     say(f"AMI {image.id} ({'baked' if ami.baked else 'stock Ubuntu 24.04'}, {ami.parameter})")
     if not aws.key_pair_exists(cx):
         raise NotFound(f"key pair {NAME} not found in {cx.region}: run `make aws-setup` first")
+    profile = None if args.instance_profile == NO_PROFILE else args.instance_profile
+    if profile and not aws.instance_profile_exists(cx, profile):
+        hint = "run `make aws-setup` first" if profile == DEVBOX_PROFILE else "check its name"
+        raise NotFound(
+            f"instance profile {profile} not found: {hint} (INSTANCE_PROFILE={NO_PROFILE} "
+            "launches without one, and the service then reads no secret from SSM)"
+        )
     vpc_id = aws.default_vpc_id(cx)
     group_id = aws.find_security_group(cx, vpc_id)
     if group_id is None:
@@ -162,7 +188,7 @@ def create(args: argparse.Namespace, deps: Deps) -> int:
         # One token per `create`, reused by its retries (see aws.run_instance); a script
         # may pass its own to make reruns of the same launch idempotent too.
         client_token=args.client_token or f"{NAME}-{uuid.uuid4()}",
-        instance_profile=args.instance_profile,
+        instance_profile=profile,
     )
     request = aws.run_request(spec)
     if args.dry_run:
@@ -206,10 +232,23 @@ def conn(args: argparse.Namespace, deps: Deps) -> int:
     rules = _rules(args, deps)
     group_id = _group_of(instance)
     missing = [r for r in rules if r not in aws.existing_rules(cx, group_id)]
+    # The caller's previous rules (another IP, another CIDR) on the same ports go: one caller
+    # at a time. Rules someone added by hand carry no marker and stay.
+    ports = {r.port for r in rules}
+    stale = sorted(
+        (
+            r
+            for r in aws.existing_rules(cx, group_id, marker=CONN_RULE_MARKER)
+            if r.port in ports and r not in rules
+        ),
+        key=lambda r: (r.port, r.cidr),
+    )
     key_path = deps.key_path
     rsync = remote.rsync_command(deps.repo_root, key_path, args.user, instance.public_ip)
     ssh = remote.ssh_command(key_path, args.user, instance.public_ip)
     if args.dry_run:
+        for rule in stale:
+            plan(f"revoke tcp/{rule.port} from {rule.cidr} in {group_id}")
         for rule in missing:
             plan(f"allow tcp/{rule.port} from {rule.cidr} in {group_id}")
         if not args.no_sync:
@@ -220,6 +259,9 @@ def conn(args: argparse.Namespace, deps: Deps) -> int:
     if missing:
         aws.authorize(cx, group_id, missing)
         say("allowed " + ", ".join(f"tcp/{r.port} from {r.cidr}" for r in missing))
+    if stale:
+        aws.revoke(cx, group_id, stale)
+        say("revoked " + ", ".join(f"tcp/{r.port} from {r.cidr}" for r in stale))
     if not key_path.exists():
         raise NotFound(f"{key_path} not found: run `make aws-setup` (or copy the key here)")
     if not args.no_sync:

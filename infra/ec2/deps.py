@@ -43,8 +43,8 @@ class Deps:
     """The outside world of one CLI run."""
 
     session: Callable[[str | None], Any] = boto3_session
-    # (SSM parameter reader, arch) -> the AMI to launch.
-    ami_lookup: Callable[[ParamGetter, str], Ami] = resolve_ami
+    # (SSM parameter reader, arch, stack) -> the AMI to launch.
+    ami_lookup: Callable[[ParamGetter, str, str], Ami] = resolve_ami
     caller_ip: Callable[[], str] = remote.caller_public_ip
     run: Callable[[Sequence[str]], int] = remote.run_command
     which: Callable[[str], str | None] = shutil.which

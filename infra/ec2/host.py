@@ -40,10 +40,15 @@ def playbook_command(repo_root: Path, extra: Sequence[str] = ()) -> list[str]:
     """ansible-playbook against this host, without SSH (`-c local`).
 
     The playbook becomes root itself and finds the arch from the host's facts; only where
-    this checkout is and the sandbox tag are passed, plus the caller's KEY=VALUE `extra`
-    (ami/group_vars/all.yml lists the variables).
+    this checkout is, the sandbox tag and the checkout's `.env` are passed, plus the caller's
+    KEY=VALUE `extra` (ami/group_vars/all.yml lists the variables). The unit reads that .env
+    first (if it exists), so the playbook's settings and the secrets from SSM win over it.
     """
-    own = {"rlm_repo_dir": str(repo_root), "sandbox_image": DEFAULT_SANDBOX_IMAGE}
+    own = {
+        "rlm_repo_dir": str(repo_root),
+        "sandbox_image": DEFAULT_SANDBOX_IMAGE,
+        "rlm_dotenv": str(repo_root / ".env"),
+    }
     cmd = ["ansible-playbook", "-i", "localhost,", "-c", "local", str(repo_root / PLAYBOOK)]
     # One JSON document needs no quoting; the caller's KEY=VALUE pairs come later and win.
     cmd += ["--extra-vars", json.dumps(own, sort_keys=True)]

@@ -24,6 +24,16 @@ REMOTE_DIR = NAME
 SSH_PORT = 22
 # Instance states in which an instance still exists (terminated ones linger for an hour).
 LIVE_STATES = ("pending", "running", "stopping", "stopped")
+# The dev instance's stack name in SSM: it reads its secrets from /rlm-py/devbox/<VARIABLE>
+# (service.constants.ssm_name), which no fleet stack uses, and nothing else.
+DEVBOX_STACK = "devbox"
+# The IAM role and instance profile `aws-setup` makes for it (both carry this name).
+DEVBOX_PROFILE = f"{NAME}-devbox"
+# The AMI `create` prefers: the baked image of this stack (`make ami STACK=...`).
+DEFAULT_AMI_STACK = "dev"
+# The description `conn` gives its caller-IP ingress rules, so a new caller IP replaces the
+# rules of the previous one instead of adding to them; rules without it are never touched.
+CONN_RULE_MARKER = f"{NAME} conn: caller IP"
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
-"""ami.bake against moto: the calls made, the parameter written, and the cleanup on success,
+"""ami.bake against moto: the calls made, the builder's permissions, the parameter written,
+the output kept in S3, the images kept per stack and architecture, and the cleanup on success,
 on a failed provision and on a timeout."""
 
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import tarfile
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ from moto import mock_aws
 from ami import bake
 from ami.bake import Bake, BakeConfig, BakeTimeout, Clients, Clock, ProvisionFailed, Timeouts
 from ami.constants import ubuntu_ami_param
-from service.constants import SSM_AMI_PARAM
+from service.constants import ssm_name
 
 REGION = "us-east-1"
 BUCKET = "rlm-bake-test"
@@ -61,9 +63,21 @@ def repo(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def aws():
-    # The builder role gets the AWS-managed SSM policy, which moto only knows when asked to.
-    with mock_aws(config={"iam": {"load_aws_managed_policies": True}}):
+def small_ami_catalogue(tmp_path: Path, monkeypatch):
+    """Two of moto's stock AMIs instead of all of them (and no per-region lists): each test's
+    fresh EC2 backend loads in a fraction of the time."""
+    from moto.ec2.models import amis
+
+    two = [next(a for a in amis.AMIS if a["architecture"] == arch) for arch in bake.ARCHES]
+    path = tmp_path / "amis.json"
+    path.write_text(json.dumps(two, default=str))
+    monkeypatch.setenv("MOTO_AMIS_PATH", str(path))
+    monkeypatch.setattr(amis, "AMIS", two)
+
+
+@pytest.fixture
+def aws(small_ami_catalogue):
+    with mock_aws():
         session = boto3.Session(region_name=REGION)
         clients = Clients.from_session(session)
         clients.s3.create_bucket(Bucket=BUCKET)
@@ -107,6 +121,26 @@ def fail_provision(clients: Clients, status: str = "Failed") -> None:
     clients.ssm.meta.events.register("after-call.ssm.GetCommandInvocation", rewrite)
 
 
+def upload_output(clients: Clients, stdout: str, stderr: str) -> list[str]:
+    """Do what the SSM agent does with OutputS3BucketName/KeyPrefix: upload the step's whole
+    stdout and stderr (moto's Run Command runs nothing). The keys written."""
+    keys: list[str] = []
+
+    def agent(parsed, **_):
+        command = parsed["Command"]
+        prefix = command["OutputS3KeyPrefix"]
+        for instance_id in command["InstanceIds"]:
+            for stream, text in (("stdout", stdout), ("stderr", stderr)):
+                key = f"{prefix}/{command['CommandId']}/{instance_id}/{bake.OUTPUT_STEP}/{stream}"
+                clients.s3.put_object(
+                    Bucket=command["OutputS3BucketName"], Key=key, Body=text.encode()
+                )
+                keys.append(key)
+
+    clients.ssm.meta.events.register("after-call.ssm.SendCommand", agent)
+    return keys
+
+
 def builders(clients: Clients) -> list[dict]:
     reservations = clients.ec2.describe_instances(
         Filters=[{"Name": "tag:rlm-py:arch", "Values": ["arm64", "x86_64"]}]
@@ -125,21 +159,24 @@ def assert_cleaned_up(clients: Clients) -> None:
         if p["InstanceProfileName"].startswith("rlm-py-ami-builder")
     ]
     assert not [r for r in clients.iam.list_roles()["Roles"] if r["RoleName"].startswith("rlm-py")]
-    assert clients.s3.list_objects_v2(Bucket=BUCKET).get("KeyCount", 0) == 0
+    # The repository tarball goes; the command's output (if any) stays for reading.
+    left = clients.s3.list_objects_v2(Bucket=BUCKET).get("Contents", [])
+    assert all("/output/" in o["Key"] for o in left), left
 
 
 def test_bake_makes_the_image_writes_the_parameter_and_cleans_up(aws, repo):
     calls = record_calls(aws)
     image_id = Bake(config(repo, aws), aws, FakeClock().clock(), log=lambda _: None).run()
 
-    param = aws.ssm.get_parameter(Name=SSM_AMI_PARAM.format(arch="arm64"))["Parameter"]
+    param = aws.ssm.get_parameter(Name=ssm_name("dev", "ami/arm64"))["Parameter"]
     assert param["Value"] == image_id
-    assert param["Name"] == "/rlm-py/ami/arm64"
+    assert param["Name"] == "/rlm-py/dev/ami/arm64"
     image = aws.ec2.describe_images(ImageIds=[image_id])["Images"][0]
     assert image["State"] == "available"
     tags = {t["Key"]: t["Value"] for t in image.get("Tags", [])}
     assert tags["rlm-py:arch"] == "arm64"
     assert tags["rlm-py:base-ami"] == base_ami(aws)
+    assert tags["rlm-py:stack"] == "dev"
     assert_cleaned_up(aws)
 
     # The order that matters: upload before launch, provision before the image, the parameter
@@ -148,6 +185,7 @@ def test_bake_makes_the_image_writes_the_parameter_and_cleans_up(aws, repo):
     expected_in_order = [
         "s3.PutObject",
         "ec2.CreateSecurityGroup",
+        "iam.PutRolePolicy",
         "iam.CreateInstanceProfile",
         "ec2.RunInstances",
         "ssm.SendCommand",
@@ -158,6 +196,7 @@ def test_bake_makes_the_image_writes_the_parameter_and_cleans_up(aws, repo):
         "ssm.PutParameter",
         "ec2.TerminateInstances",
         "ec2.DescribeInstances",
+        "iam.DeleteRolePolicy",
         "iam.DeleteRole",
         "ec2.DeleteSecurityGroup",
         "s3.DeleteObject",
@@ -208,8 +247,14 @@ def test_the_playbook_runs_through_ssm_with_the_repo_from_a_presigned_url(aws, r
     assert "Signature=" in script and BUCKET in script
     assert "ansible-playbook -i localhost, -c local ami/playbook.yml" in script
     assert "-e gvisor_source=apt" in script and "-e rlm_service_start=false" in script
-    assert 'rm -rf "$src" /opt/ansible-venv /etc/rlm-py/secrets.env' in script
+    assert "-e rlm_stack=dev" in script and "-e rlm_cloudwatch_agent=true" in script
+    assert "rm -rf /opt/rlm-py-src /opt/ansible-venv /etc/rlm-py/secrets.env" in script
+    assert f"ansible-core=={bake.ANSIBLE_CORE_VERSION}" in script
     assert sent["Parameters"]["executionTimeout"] == ["3600"]
+    # The whole output goes to the bucket, under this bake's own prefix.
+    assert sent["OutputS3BucketName"] == BUCKET
+    assert sent["OutputS3KeyPrefix"].startswith("rlm-py/ami-bake/")
+    assert sent["OutputS3KeyPrefix"].endswith("-arm64/output")
 
 
 def test_failed_provision_terminates_the_builder_and_writes_no_parameter(aws, repo):
@@ -222,7 +267,120 @@ def test_failed_provision_terminates_the_builder_and_writes_no_parameter(aws, re
     assert_cleaned_up(aws)
     assert aws.ec2.describe_images(Owners=["self"])["Images"] == []
     with pytest.raises(aws.ssm.exceptions.ParameterNotFound):
-        aws.ssm.get_parameter(Name=SSM_AMI_PARAM.format(arch="arm64"))
+        aws.ssm.get_parameter(Name=ssm_name("dev", "ami/arm64"))
+
+
+def test_a_failure_reports_the_tail_of_the_full_output_from_s3(aws, repo):
+    """SSM keeps the first 24,000 characters; the error is at the end of 100,000."""
+    fail_provision(aws)
+    long_run = "ok: [localhost]\n" * 6000 + "TASK [service : Install rlm-py] fatal: pip exploded\n"
+    keys = upload_output(aws, stdout=long_run, stderr="E: dpkg was interrupted\n")
+    with pytest.raises(ProvisionFailed) as failure:
+        Bake(config(repo, aws), aws, FakeClock().clock(), log=lambda _: None).run()
+
+    message = str(failure.value)
+    assert "pip exploded" in message and "dpkg was interrupted" in message
+    assert failure.value.output_url.startswith(f"s3://{BUCKET}/rlm-py/ami-bake/")
+    assert failure.value.output_url in message
+    assert all(
+        key.startswith(failure.value.output_url.removeprefix(f"s3://{BUCKET}/")) for key in keys
+    )
+    assert len(failure.value.output) < 2 * bake.OUTPUT_TAIL_BYTES + 100
+    # The output outlives the bake, for reading.
+    stored = {o["Key"] for o in aws.s3.list_objects_v2(Bucket=BUCKET)["Contents"]}
+    assert set(keys) <= stored
+
+
+def test_the_builder_role_can_read_no_parameter_and_write_only_its_output(aws, repo):
+    seen = {}
+
+    def capture(**_):
+        [role] = [r for r in aws.iam.list_roles()["Roles"] if r["RoleName"].startswith("rlm-py")]
+        seen["attached"] = aws.iam.list_attached_role_policies(RoleName=role["RoleName"])
+        [name] = aws.iam.list_role_policies(RoleName=role["RoleName"])["PolicyNames"]
+        seen["policy"] = aws.iam.get_role_policy(RoleName=role["RoleName"], PolicyName=name)[
+            "PolicyDocument"
+        ]
+
+    aws.ec2.meta.events.register("after-call.ec2.RunInstances", capture)
+    sent = {}
+    aws.ssm.meta.events.register(
+        "before-parameter-build.ssm.SendCommand", lambda params, **_: sent.update(params)
+    )
+    Bake(config(repo, aws), aws, FakeClock().clock(), log=lambda _: None).run()
+
+    assert seen["attached"]["AttachedPolicies"] == []  # no AmazonSSMManagedInstanceCore
+    policy = seen["policy"]
+    if isinstance(policy, str):
+        policy = json.loads(policy)
+    allowed = [
+        (a, st["Resource"])
+        for st in policy["Statement"]
+        for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])
+    ]
+    assert all(st["Effect"] == "Allow" for st in policy["Statement"])
+    names = [a for a, _ in allowed]
+    assert not [a for a in names if "*" in a], "no wildcard actions"
+    assert not [
+        a for a in names if a.lower().startswith(("ssm:getparameter", "kms:", "secretsmanager:"))
+    ]
+    assert not [a for a in names if a.startswith("ssm:") and a not in bake.SSM_AGENT_ACTIONS]
+    assert "ssm:UpdateInstanceInformation" in names and "ssmmessages:OpenControlChannel" in names
+    s3 = [(a, r) for a, r in allowed if a.startswith("s3:")]
+    assert ("s3:PutObject", f"arn:aws:s3:::{BUCKET}/{sent['OutputS3KeyPrefix']}/*") in s3
+    assert not [a for a, r in s3 if a in {"s3:GetObject", "s3:ListBucket"}]
+    own_prefix = f"arn:aws:s3:::{BUCKET}/{sent['OutputS3KeyPrefix']}/*"
+    assert {r for a, r in s3 if a.startswith("s3:PutObject")} == {own_prefix}
+    assert {r for a, r in s3 if not a.startswith("s3:PutObject")} == {f"arn:aws:s3:::{BUCKET}"}
+
+
+def bake_once(aws, repo, **overrides) -> str:
+    return Bake(config(repo, aws, **overrides), aws, FakeClock().clock(), log=lambda _: None).run()
+
+
+def image_state(aws, image_id: str) -> str | None:
+    images = aws.ec2.describe_images(Owners=["self"], ImageIds=[image_id])["Images"]
+    return images[0]["State"] if images else None
+
+
+def own_images(aws) -> set[str]:
+    return {i["ImageId"] for i in aws.ec2.describe_images(Owners=["self"])["Images"]}
+
+
+def test_only_the_newest_images_of_a_stack_and_arch_are_kept_with_their_snapshots(aws, repo):
+    other_stack = bake_once(aws, repo, stack="prod")
+    other_arch = bake_once(aws, repo, arch="x86_64")
+    made = [bake_once(aws, repo, keep=3) for _ in range(3)]
+    assert own_images(aws) == {other_stack, other_arch, *made}
+    oldest = aws.ec2.describe_images(ImageIds=made[:2])["Images"]
+    snapshots = {
+        m["Ebs"]["SnapshotId"] for i in oldest for m in i["BlockDeviceMappings"] if "Ebs" in m
+    }
+    assert len(snapshots) == 2
+
+    made += [bake_once(aws, repo, keep=3) for _ in range(2)]
+
+    assert own_images(aws) == {other_stack, other_arch, *made[-3:]}
+    assert aws.ssm.get_parameter(Name="/rlm-py/dev/ami/arm64")["Parameter"]["Value"] == made[-1]
+    assert aws.ssm.get_parameter(Name="/rlm-py/prod/ami/arm64")["Parameter"]["Value"] == other_stack
+    left = {s["SnapshotId"] for s in aws.ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+    assert not snapshots & left
+
+
+def test_an_image_a_launch_template_still_names_is_kept(aws, repo):
+    first = bake_once(aws, repo)
+    aws.ec2.create_launch_template(
+        LaunchTemplateName="fleet", LaunchTemplateData={"ImageId": first}
+    )
+    made = [bake_once(aws, repo, keep=2) for _ in range(3)]
+    assert own_images(aws) == {first, *made[-2:]}
+
+
+def test_keeping_fewer_than_two_images_is_refused(aws, repo):
+    with pytest.raises(bake.BakeError, match="keep at least 2"):
+        config(repo, aws, keep=1)
+    with pytest.raises(SystemExit):
+        bake.parse_args(["--arch", "arm64", "--bucket", "b", "--keep", "1"])
 
 
 def test_provision_that_never_finishes_times_out_and_cleans_up(aws, repo):
@@ -249,7 +407,9 @@ def test_without_a_base_ami_the_canonical_parameter_is_read(aws, repo, monkeypat
         log=lambda _: None,
     ).run()
     assert asked == ["x86_64"]
-    assert aws.ssm.get_parameter(Name="/rlm-py/ami/x86_64")["Parameter"]["Value"].startswith("ami-")
+    assert aws.ssm.get_parameter(Name="/rlm-py/dev/ami/x86_64")["Parameter"]["Value"].startswith(
+        "ami-"
+    )
 
 
 def test_missing_canonical_parameter_names_the_flag(aws, repo):
@@ -278,6 +438,8 @@ def test_main_bakes_both_arches(aws, repo, capsys, monkeypatch):
                 REGION,
                 "--base-ami",
                 ami,
+                "--stack",
+                "staging",
                 "--repo-dir",
                 str(repo),
                 "--var",
@@ -290,9 +452,8 @@ def test_main_bakes_both_arches(aws, repo, capsys, monkeypatch):
     out = capsys.readouterr().out.split()
     assert out[0] == "arm64" and out[2] == "x86_64"
     for arch in bake.ARCHES:
-        assert aws.ssm.get_parameter(Name=f"/rlm-py/ami/{arch}")["Parameter"]["Value"].startswith(
-            "ami-"
-        )
+        value = aws.ssm.get_parameter(Name=f"/rlm-py/staging/ami/{arch}")["Parameter"]["Value"]
+        assert value.startswith("ami-")
 
 
 def test_main_reports_failure_with_exit_1(aws, repo, capsys, monkeypatch):
@@ -320,7 +481,15 @@ def test_main_reports_failure_with_exit_1(aws, repo, capsys, monkeypatch):
 
 def test_base_ami_with_two_arches_is_refused():
     with pytest.raises(SystemExit):
-        bake.parse_args(["--bucket", "b", "--base-ami", "ami-1"])
+        bake.parse_args(["--arch", "all", "--bucket", "b", "--base-ami", "ami-1"])
+
+
+def test_only_the_architectures_asked_for_are_baked():
+    with pytest.raises(SystemExit):
+        bake.parse_args(["--bucket", "b"])  # no silent "both"
+    assert bake._arches(bake.parse_args(["--arch", "x86_64", "--bucket", "b"]).arch) == ["x86_64"]
+    assert bake._arches(["all"]) == list(bake.ARCHES)
+    assert bake.parse_args(["--arch", "arm64", "--bucket", "b"]).stack == "dev"
 
 
 def test_waiter_budget_is_an_hour_at_fifteen_seconds():

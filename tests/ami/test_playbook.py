@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from ami.constants import ANSIBLE_CORE_VERSION, APT_LOCK_TIMEOUT_S
+from infra.ec2.settings import DEVBOX_STACK
 from service import constants
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,12 +82,31 @@ def test_ansible_lint_production_profile_offline():
 def test_ssm_secret_names_match_service_constants():
     yaml = pytest.importorskip("yaml")
     settings = yaml.safe_load((REPO / "ami" / "group_vars" / "all.yml").read_text())
-    assert settings["rlm_ssm_secrets"] == {
-        "OPENAI_API_KEY": constants.SSM_OPENAI_API_KEY,
-        "RLM_API_KEYS": constants.SSM_RLM_API_KEYS,
+    stack = settings["rlm_stack"]
+    assert stack == DEVBOX_STACK  # a dev instance reads the parameters its role may read
+    rendered = {
+        var: name.replace("{{ rlm_stack }}", stack)
+        for var, name in settings["rlm_ssm_secrets"].items()
+    }
+    assert rendered == {
+        "OPENAI_API_KEY": constants.ssm_name(stack, "OPENAI_API_KEY"),
+        "RLM_API_KEYS": constants.ssm_name(stack, "RLM_API_KEYS"),
     }
     assert settings["sandbox_image"] == constants.DEFAULT_SANDBOX_IMAGE
     assert settings["rlm_env"]["RLM_PORT"] == str(constants.DEFAULT_PORT)
+    assert settings["apt_lock_timeout_s"] == APT_LOCK_TIMEOUT_S
+
+
+def test_the_bakes_ansible_core_is_the_series_tested_here():
+    """The bake pins ansible-core exactly; these tests run the playbook with the venv's. The
+    same minor series keeps what the tests prove true on the builder (2.19 changed templating)."""
+    from importlib.metadata import version
+
+    installed = version("ansible-core")
+    assert installed.split(".")[:2] == ANSIBLE_CORE_VERSION.split(".")[:2], (
+        f"the venv has ansible-core {installed}, the bake installs {ANSIBLE_CORE_VERSION}: "
+        "move ami/constants.py ANSIBLE_CORE_VERSION to the tested release"
+    )
 
 
 def recap_changed(output: str) -> int:

@@ -17,8 +17,8 @@ from infra.ec2.ami import baked_param, canonical_param, resolve_ami
 from infra.ec2.cli import main
 from infra.ec2.deps import Deps
 from infra.ec2.errors import ConfigError
-from infra.ec2.settings import Timing
-from service.constants import DEFAULT_PORT
+from infra.ec2.settings import CONN_RULE_MARKER, DEVBOX_PROFILE, Timing
+from service.constants import DEFAULT_PORT, ssm_name
 
 REGION = "eu-west-1"
 CALLER = "203.0.113.7"
@@ -72,8 +72,8 @@ class World:
     def deps(self, **overrides: Any) -> Deps:
         values: dict[str, Any] = {
             "session": self.session,
-            "ami_lookup": lambda get, arch: resolve_ami(
-                lambda n: self.public.get(n) or get(n), arch
+            "ami_lookup": lambda get, arch, stack: resolve_ami(
+                lambda n: self.public.get(n) or get(n), arch, stack
             ),
             "caller_ip": self.caller_ip,
             "run": self.run,
@@ -274,7 +274,103 @@ def _no_region() -> str:
     return NO_REGION
 
 
+def _arn_matches(pattern: str, arn: str) -> bool:
+    """IAM's wildcard match of a resource ARN (`*` any run, `?` one character)."""
+    import fnmatch
+
+    return fnmatch.fnmatchcase(arn, pattern)
+
+
+def test_aws_setup_makes_the_devbox_profile_once_with_only_its_own_secrets(world: World) -> None:
+    iam = boto3.client("iam")
+    writes: list[str] = []
+
+    def iam_calls(model: Any, **_: Any) -> None:
+        if not model.name.startswith(("Get", "List")):
+            writes.append(model.name)
+
+    def session(region: str | None) -> boto3.Session:
+        s = world.session(region)
+        s.events.register("before-call.iam", iam_calls, unique_id="iam-writes")
+        return s
+
+    assert world.main("aws-setup", session=session) == 0
+    assert sorted(writes) == [
+        "AddRoleToInstanceProfile",
+        "CreateInstanceProfile",
+        "CreateRole",
+        "PutRolePolicy",
+    ]
+    profile = iam.get_instance_profile(InstanceProfileName=DEVBOX_PROFILE)["InstanceProfile"]
+    assert [r["RoleName"] for r in profile["Roles"]] == [DEVBOX_PROFILE]
+    role = iam.get_role(RoleName=DEVBOX_PROFILE)["Role"]
+    trust = role["AssumeRolePolicyDocument"]
+    assert [s["Principal"] for s in trust["Statement"]] == [{"Service": "ec2.amazonaws.com"}]
+    assert iam.list_attached_role_policies(RoleName=DEVBOX_PROFILE)["AttachedPolicies"] == []
+    [name] = iam.list_role_policies(RoleName=DEVBOX_PROFILE)["PolicyNames"]
+    policy = iam.get_role_policy(RoleName=DEVBOX_PROFILE, PolicyName=name)["PolicyDocument"]
+    read, decrypt = policy["Statement"]
+    assert sorted(read["Action"]) == ["ssm:GetParameter", "ssm:GetParameters"]
+    account = boto3.client("sts").get_caller_identity()["Account"]
+
+    def param_arn(stack: str, region: str = REGION) -> str:
+        return f"arn:aws:ssm:{region}:{account}:parameter{ssm_name(stack, 'OPENAI_API_KEY')}"
+
+    # Its own parameters, in any region; never a fleet stack's, nor one by the old flat name.
+    assert _arn_matches(read["Resource"], param_arn("devbox"))
+    assert _arn_matches(read["Resource"], param_arn("devbox", "us-west-2"))
+    for other in ("dev", "prod", "devbox2"):
+        assert not _arn_matches(read["Resource"], param_arn(other)), other
+    assert not _arn_matches(
+        read["Resource"], f"arn:aws:ssm:{REGION}:{account}:parameter/rlm-py/OPENAI_API_KEY"
+    )
+    assert decrypt["Action"] == "kms:Decrypt"
+    condition = decrypt["Condition"]["StringLike"]
+    assert _arn_matches(condition["kms:ViaService"], f"ssm.{REGION}.amazonaws.com")
+    assert condition["kms:EncryptionContext:PARAMETER_ARN"] == read["Resource"]
+
+    writes.clear()
+    assert world.main("aws-setup", session=session) == 0
+    assert writes == []  # once: a second run changes nothing
+    iam.delete_role_policy(RoleName=DEVBOX_PROFILE, PolicyName=name)
+    assert world.main("aws-setup", session=session) == 0
+    assert writes == ["PutRolePolicy"]  # and repairs what is missing
+
+
+def test_aws_setup_dry_run_makes_no_role(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    assert world.main("aws-setup", "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert f"would create IAM role {DEVBOX_PROFILE}" in out
+    assert f"would create instance profile {DEVBOX_PROFILE}" in out
+    assert boto3.client("iam").list_roles()["Roles"] == []
+
+
 # --- create ------------------------------------------------------------------------------
+
+
+def test_create_attaches_the_devbox_profile_unless_told_otherwise(
+    ready: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = create(ready)
+    [request] = ready.called("RunInstances")
+    assert request["IamInstanceProfile"] == {"Name": DEVBOX_PROFILE}
+    described = ready.ec2.describe_instances(InstanceIds=[first])["Reservations"][0]["Instances"][0]
+    assert described["IamInstanceProfile"]["Arn"].endswith(f"instance-profile/{DEVBOX_PROFILE}")
+    assert ready.main("delete") == 0
+
+    create(ready, "--instance-profile", "none")
+    assert "IamInstanceProfile" not in ready.called("RunInstances")[-1]
+    assert ready.main("delete") == 0
+
+    iam = boto3.client("iam")
+    iam.remove_role_from_instance_profile(
+        InstanceProfileName=DEVBOX_PROFILE, RoleName=DEVBOX_PROFILE
+    )
+    iam.delete_instance_profile(InstanceProfileName=DEVBOX_PROFILE)
+    capsys.readouterr()
+    assert ready.main("create") == 4
+    assert "run `make aws-setup` first" in capsys.readouterr().err
+    assert len(ready.called("RunInstances")) == 2
 
 
 def test_create_launches_stock_ubuntu_arm64_by_default(
@@ -304,10 +400,11 @@ def test_create_launches_stock_ubuntu_arm64_by_default(
 def test_create_prefers_the_baked_ami_and_takes_type_and_size(ready: World) -> None:
     baked = ready.images["x86_64"]["ImageId"]
     boto3.client("ssm", region_name=REGION).put_parameter(
-        Name=baked_param("x86_64"), Value=baked, Type="String"
+        Name=baked_param("x86_64", "staging"), Value=baked, Type="String"
     )
+    assert baked_param("x86_64", "staging") == "/rlm-py/staging/ami/x86_64"
     ready.public.clear()  # the baked parameter alone must be enough
-    create(ready, "--arch", "x86_64", "--root-gb", "80")
+    create(ready, "--arch", "x86_64", "--root-gb", "80", "--stack", "staging")
     [request] = ready.called("RunInstances")
     assert request["ImageId"] == baked
     assert request["InstanceType"] == "t3.medium"
@@ -426,6 +523,71 @@ def test_conn_opens_ports_once_syncs_and_logs_in(ready: World) -> None:
     assert len(ready.called("AuthorizeSecurityGroupIngress")) == 2  # one per rule, first time
     assert _ingress(ready) == [(22, f"{CALLER}/32"), (DEFAULT_PORT, f"{CALLER}/32")]
     assert ready.caller_ip_calls == 2  # once per conn, not once per rule
+
+
+def _marked(world: World) -> list[tuple[int, str]]:
+    found = world.ec2.describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": ["rlm-py"]}]
+    )
+    return sorted(
+        (p["FromPort"], r["CidrIp"])
+        for p in found["SecurityGroups"][0]["IpPermissions"]
+        for r in p["IpRanges"]
+        if r.get("Description") == CONN_RULE_MARKER
+    )
+
+
+def test_conn_from_a_new_ip_replaces_the_previous_callers_rules(ready: World) -> None:
+    create(ready)
+    assert ready.main("conn", "--no-ssh", "--no-sync") == 0
+    assert _marked(ready) == [(22, f"{CALLER}/32"), (DEFAULT_PORT, f"{CALLER}/32")]
+    # A rule someone added by hand (no marker) is never touched.
+    group_id = ready.ec2.describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": ["rlm-py"]}]
+    )["SecurityGroups"][0]["GroupId"]
+    ready.ec2.authorize_security_group_ingress(
+        GroupId=group_id, IpProtocol="tcp", FromPort=22, ToPort=22, CidrIp="10.0.0.0/8"
+    )
+
+    moved = "198.51.100.9"
+    assert ready.main("conn", "--no-ssh", "--no-sync", caller_ip=lambda: moved) == 0
+    assert _marked(ready) == [(22, f"{moved}/32"), (DEFAULT_PORT, f"{moved}/32")]
+    assert _ingress(ready) == [
+        (22, "10.0.0.0/8"),
+        (22, f"{moved}/32"),
+        (DEFAULT_PORT, f"{moved}/32"),
+    ]
+    revoked = ready.called("RevokeSecurityGroupIngress")
+    assert [r["IpPermissions"][0]["IpRanges"][0]["CidrIp"] for r in revoked] == [f"{CALLER}/32"] * 2
+
+    # The same caller again: nothing to add or revoke.
+    assert ready.main("conn", "--no-ssh", "--no-sync", caller_ip=lambda: moved) == 0
+    assert len(ready.called("RevokeSecurityGroupIngress")) == 2
+    assert len(ready.called("AuthorizeSecurityGroupIngress")) == 4
+
+
+def test_conn_dry_run_shows_what_it_would_revoke(
+    ready: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    create(ready)
+    assert ready.main("conn", "--no-ssh", "--no-sync") == 0
+    capsys.readouterr()
+    assert (
+        ready.main("conn", "--dry-run", "--no-ssh", "--no-sync", caller_ip=lambda: "192.0.2.1") == 0
+    )
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == [
+        f"would revoke tcp/22 from {CALLER}/32 in {_group(ready)}",
+        f"would revoke tcp/{DEFAULT_PORT} from {CALLER}/32 in {_group(ready)}",
+    ]
+    assert _marked(ready) == [(22, f"{CALLER}/32"), (DEFAULT_PORT, f"{CALLER}/32")]
+
+
+def _group(world: World) -> str:
+    found = world.ec2.describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": ["rlm-py"]}]
+    )
+    return str(found["SecurityGroups"][0]["GroupId"])
 
 
 def test_conn_takes_explicit_cidrs_without_looking_up_the_caller(ready: World) -> None:

@@ -92,13 +92,16 @@ def test_canonical_parameter_names_use_debian_arch_names() -> None:
         "/aws/service/canonical/ubuntu/server/24.04/stable/current/arm64/hvm/ebs-gp3/ami-id"
     )
     assert "/current/amd64/" in canonical_param("x86_64")
-    assert baked_param("x86_64") == "/rlm-py/ami/x86_64"
+    assert baked_param("x86_64") == "/rlm-py/dev/ami/x86_64"  # per stack, `dev` by default
+    assert baked_param("arm64", "prod") == "/rlm-py/prod/ami/arm64"
 
 
 def test_baked_ami_wins_over_stock_ubuntu() -> None:
     params = {baked_param("arm64"): "ami-baked", canonical_param("arm64"): "ami-stock"}
     ami = resolve_ami(params.get, "arm64")
-    assert (ami.image_id, ami.baked, ami.parameter) == ("ami-baked", True, "/rlm-py/ami/arm64")
+    assert (ami.image_id, ami.baked, ami.parameter) == ("ami-baked", True, "/rlm-py/dev/ami/arm64")
+    # Another stack's image is not this stack's: stock Ubuntu then.
+    assert resolve_ami(params.get, "arm64", "prod").image_id == "ami-stock"
 
 
 def test_stock_ubuntu_when_nothing_is_baked() -> None:
@@ -178,7 +181,8 @@ def test_ec2_setup_runs_the_playbook_locally_with_extra_vars(repo: Path) -> None
     assert ran == [
         [
             "ansible-playbook", "-i", "localhost,", "-c", "local", str(repo / "ami/playbook.yml"),
-            "--extra-vars", json.dumps({"rlm_repo_dir": str(repo), "sandbox_image": DEFAULT_SANDBOX_IMAGE}),
+            "--extra-vars", json.dumps({"rlm_repo_dir": str(repo), "sandbox_image": DEFAULT_SANDBOX_IMAGE,
+                                        "rlm_dotenv": str(repo / ".env")}, sort_keys=True),
             "--extra-vars", "gvisor_source=release",
         ]
     ]  # fmt: skip

@@ -8,11 +8,14 @@ import pytest
 from pulumi.runtime.rpc import _special_secret_sig, _special_sig_key
 
 from infra.config import ConfigError
-from service.constants import SSM_OPENAI_API_KEY, SSM_RLM_API_KEYS
-from tests.infra.pulumi_harness import PARAMETER, SECRETS, plan_stack
+from service.constants import ssm_name
+from tests.infra.pulumi_harness import PARAMETER, SECRETS, STACK, plan_stack
+
+SSM_OPENAI_API_KEY = ssm_name(STACK, "OPENAI_API_KEY")
+SSM_RLM_API_KEYS = ssm_name(STACK, "RLM_API_KEYS")
 
 
-def test_secrets_are_securestring_parameters_with_the_services_names():
+def test_secrets_are_securestring_parameters_named_by_the_stack():
     parameters = plan_stack().of_type(PARAMETER)
     by_name = {p.inputs["name"]: p.inputs for p in parameters}
     assert set(by_name) == {SSM_OPENAI_API_KEY, SSM_RLM_API_KEYS}
@@ -49,3 +52,17 @@ def test_a_secret_in_plain_config_is_refused(key: str):
 def test_missing_secrets_stop_the_program():
     with pytest.raises(Exception, match="rlmApiKeys"):
         plan_stack(secrets={"openaiApiKey": "sk-x"})
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "alias/rlm-py",
+        "arn:aws:kms:eu-west-1:123456789012:alias/rlm-py",
+        "1234abcd-12ab-34cd-56ef-1234567890ab",
+    ],
+)
+def test_a_kms_key_that_is_not_a_key_arn_is_refused(key: str):
+    with pytest.raises(ConfigError, match="kmsKeyId") as refused:
+        plan_stack({"kmsKeyId": key})
+    assert "ARN" in str(refused.value)

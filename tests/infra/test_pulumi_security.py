@@ -45,8 +45,8 @@ def world_open_ports(plan: Plan) -> set[int]:
     "config",
     [
         {},
-        {"sshCidr": "203.0.113.7/32", "albIngressCidrs": ["0.0.0.0/0", "::/0"]},
-        {"certificateArn": "arn:aws:acm:eu-west-1:1:certificate/x", "sshCidr": "10.0.0.0/8"},
+        {"sshCidr": "203.0.113.7/32", "albIngressCidrs": ["0.0.0.0/0"]},
+        {"sshCidr": "2001:db8::1/128"},
     ],
 )
 def test_no_rule_opens_ssh_or_the_service_port_to_the_internet(config):
@@ -90,12 +90,22 @@ def test_ssh_to_the_world_is_refused(cidr: str):
         plan_stack({"sshCidr": cidr})
 
 
-def test_alb_ingress_cidrs_come_from_config_ipv4_and_ipv6():
-    plan = plan_stack({"albIngressCidrs": ["198.51.100.0/24", "2001:db8::/32"]})
+def test_alb_ingress_cidrs_come_from_config():
+    plan = plan_stack({"albIngressCidrs": ["198.51.100.0/24", "203.0.113.0/24"]})
     rules = [
         r for r in plan.of_type(INGRESS_RULE) if r.inputs["securityGroupId"] == "security-alb-id"
     ]
-    assert sorted(
-        (r.inputs["fromPort"], r.inputs.get("cidrIpv4") or r.inputs["cidrIpv6"]) for r in rules
-    ) == [(80, "198.51.100.0/24"), (80, "2001:db8::/32")]
+    assert sorted((r.inputs["fromPort"], r.inputs["cidrIpv4"]) for r in rules) == [
+        (80, "198.51.100.0/24"),
+        (80, "203.0.113.0/24"),
+        (443, "198.51.100.0/24"),
+        (443, "203.0.113.0/24"),
+    ]
     assert world_open_ports(plan) == set()
+
+
+@pytest.mark.parametrize("cidr", ["::/0", "2001:db8::/32"])
+def test_ipv6_ingress_on_the_ipv4_only_alb_is_refused(cidr: str):
+    with pytest.raises(ConfigError, match="albIngressCidrs") as refused:
+        plan_stack({"albIngressCidrs": ["198.51.100.0/24", cidr]})
+    assert "IPv4-only" in str(refused.value)

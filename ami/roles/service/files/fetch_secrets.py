@@ -4,7 +4,7 @@
 Run at every boot by rlm-py-secrets.service, before rlm-py.service reads the file as an
 EnvironmentFile. Usage:
 
-    rlm-py-fetch-secrets --output /etc/rlm-py/secrets.env OPENAI_API_KEY=/rlm-py/OPENAI_API_KEY ...
+    rlm-py-fetch-secrets --output /etc/rlm-py/secrets.env OPENAI_API_KEY=/rlm-py/<stack>/OPENAI_API_KEY ...
 
 The region comes from AWS_REGION / AWS_DEFAULT_REGION, else from the instance metadata service
 (IMDSv2: a session token first, then the placement region). A parameter that does not exist is
