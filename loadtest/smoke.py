@@ -4,7 +4,8 @@ Checks what a user meets through the load balancer, one line per check, and exit
 fails:
 
 * ``tls``: the URL is https and its certificate verifies (``--allow-http`` for a local run);
-* ``healthz`` and ``readyz``: the process is alive, and this host can start sandboxes;
+* ``healthz`` and ``readyz``: the process is alive, and this host can start sandboxes (a
+  host still warming its pool is waited for, up to ``--ready-timeout``);
 * ``models``: the key is accepted and the served models are listed;
 * ``needle``: a needle-in-a-haystack query (about 2,000 lines) comes back with the number:
   the whole path (sandbox, upstream, answer) works; on a real fleet it spends a few cents;
@@ -44,13 +45,14 @@ class Check:
 class Smoke:
     def __init__(
         self, base: str, key: str, *, allow_http: bool = False, expect_alb: bool = False,
-        timeout_s: float = 300.0, model: str = "rlm",
+        timeout_s: float = 300.0, model: str = "rlm", ready_timeout_s: float = 60.0,
     ) -> None:  # fmt: skip
         self.base = base.rstrip("/")
         self.key = key
         self.allow_http = allow_http
         self.expect_alb = expect_alb
         self.model = model
+        self.ready_timeout_s = ready_timeout_s
         # One client with a cookie jar, like the openai SDK's.
         self.http = httpx.Client(
             base_url=self.base, timeout=timeout_s, headers={"Authorization": f"Bearer {key}"}
@@ -62,7 +64,7 @@ class Smoke:
         steps: list[tuple[str, Callable[[], str]]] = [
             ("tls", self.tls),
             ("healthz", lambda: self.status(HEALTH_PATH)),
-            ("readyz", lambda: self.status(READY_PATH)),
+            ("readyz", self.ready),
             ("models", self.models),
             ("needle", self.needle),
             ("session", self.session),
@@ -91,6 +93,17 @@ class Smoke:
         r = self.http.get(path)
         assert r.status_code == 200, f"{path} answered {r.status_code}: {r.text[:200]}"
         return f"{path} 200"
+
+    def ready(self) -> str:
+        """``/readyz`` 200, waiting while the host warms up (503 with Retry-After)."""
+        deadline = time.monotonic() + self.ready_timeout_s
+        while True:
+            r = self.http.get(READY_PATH)
+            if r.status_code == 200 or time.monotonic() >= deadline:
+                break
+            time.sleep(1.0)
+        assert r.status_code == 200, f"{READY_PATH} answered {r.status_code}: {r.text[:200]}"
+        return f"{READY_PATH} 200"
 
     def models(self) -> str:
         r = self.http.get("/v1/models")
@@ -162,11 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-http", action="store_true", help="accept a plain-http URL")
     p.add_argument("--expect-alb", action="store_true", help="require the ALB's cookie")
     p.add_argument("--model", default="rlm")
+    p.add_argument("--ready-timeout", type=float, default=60.0, help="seconds to wait for /readyz")
     args = p.parse_args(argv)
     if not args.key:
         p.error("an API key is needed: --key or RLM_SMOKE_KEY")
     smoke = Smoke(args.host, args.key, allow_http=args.allow_http, expect_alb=args.expect_alb,
-                  model=args.model)  # fmt: skip
+                  model=args.model, ready_timeout_s=args.ready_timeout)  # fmt: skip
     checks = smoke.run()
     print(report(checks))
     return 0 if all(c.ok for c in checks) else 1

@@ -9,6 +9,7 @@ from sandbox.config import DEFAULT_SANDBOX_IMAGE
 
 __all__ = [
     "CLOUDWATCH_NAMESPACE",
+    "COST_HEADER",
     "DEFAULT_PORT",
     "DEFAULT_REQUEST_TIMEOUT_S",
     "DEFAULT_SANDBOX_IMAGE",
@@ -34,6 +35,7 @@ __all__ = [
 SESSION_COOKIE = "rlm_session"
 SESSION_HEADER = "x-rlm-session-id"
 RESET_HEADER = "x-rlm-reset"
+COST_HEADER = "x-rlm-cost-usd"  # a non-streamed answer's rlm.cost_usd, for header-only clients
 REQUEST_ID_HEADER = "x-request-id"
 SHOULD_RETRY_HEADER = "x-should-retry"
 DEFAULT_PORT = 3000

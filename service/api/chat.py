@@ -22,7 +22,7 @@ from service.api.deps import Caller, Services, ServicesDep, read_body
 from service.api.progress import Progress
 from service.api.protocol import ChatCompletionRequest, chunk_body, completion_body
 from service.chat import TurnResult
-from service.constants import RESET_HEADER, SESSION_COOKIE, SESSION_HEADER
+from service.constants import COST_HEADER, RESET_HEADER, SESSION_COOKIE, SESSION_HEADER
 from service.errors import BadRequest, ServiceError, ShuttingDown
 from service.rlm.events import Event
 from service.sessions import Session, valid_session_id
@@ -158,6 +158,10 @@ async def chat_completions(request: Request, owner: Caller, svc: ServicesDep) ->
         body["rlm"]["trajectory"] = result.trajectory
     reply = JSONResponse(body)
     _session_headers(reply, session)
+    cost = result.rlm.get("cost_usd")
+    # For clients that drop the body's extensions (LangChain's ChatOpenAI reads headers with
+    # include_response_headers=True); "unknown" when a model had no price.
+    reply.headers[COST_HEADER] = f"{cost:.6f}" if isinstance(cost, int | float) else "unknown"
     return reply
 
 

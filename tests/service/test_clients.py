@@ -379,6 +379,25 @@ def test_langchain_shows_answer_and_usage_but_drops_progress_and_cost(
     assert not total.additional_kwargs.get("reasoning_content")
 
 
+def test_langchain_sees_the_cost_in_the_response_headers(
+    chat_openai: type, client: openai.OpenAI, base_url: str, up: ScriptedUpstream
+) -> None:
+    """ChatOpenAI drops the body's `rlm`, but hands on the headers when asked: a
+    non-streamed answer's cost travels as x-rlm-cost-usd too."""
+    up.policy = working()
+    llm = chat_openai(
+        base_url=base_url, api_key=KEY, model="rlm", include_response_headers=True,
+        extra_body={"rlm": {"context": "chapter one\n" * 100}},
+    )  # fmt: skip
+    m = llm.invoke(QUESTION)
+    headers = {k.lower(): v for k, v in m.response_metadata["headers"].items()}
+    sid = headers["x-rlm-session-id"]
+    session = client.get(f"/sessions/{sid}", cast_to=object)
+    recorded = session["runs"][-1]["cost_usd"]  # type: ignore[index]
+    assert recorded > 0
+    assert float(headers["x-rlm-cost-usd"]) == pytest.approx(recorded, abs=1e-6)
+
+
 def test_langchain_on_the_responses_api_shows_progress_as_reasoning_blocks(
     chat_openai: type, base_url: str, up: ScriptedUpstream
 ) -> None:
