@@ -157,8 +157,17 @@ async def test_reset_forgets_everything_planted(sandbox: SandboxHandle, cfg: San
                     os.kill(pid, signal.SIGKILL)
 
 
+def _ids(out: str) -> tuple[str, str]:
+    """(pid, ppid) from the block's "ids" line."""
+    [line] = [ln for ln in out.splitlines() if ln.startswith("ids ")]
+    _, pid, ppid = line.split()
+    return pid, ppid
+
+
 async def _check_reset_forgets(sandbox: SandboxHandle, cfg: SandboxConfig, pids: list[int]) -> None:
-    before = await run(sandbox, "print(os.getpid(), os.getppid())")
+    # (The planted thread may print its beat into this block's output: it runs while a block
+    # runs. Only the "ids" line is ours.)
+    before = _ids(await run(sandbox, "print('ids', os.getpid(), os.getppid())"))
     await sandbox.reset()
     assert await sandbox.get_var("kept") is None
     # The namespace and the shared state are empty.
@@ -171,9 +180,9 @@ async def _check_reset_forgets(sandbox: SandboxHandle, cfg: SandboxConfig, pids:
     assert alive == "[]"  # subprocess, setsid child, double-forked orphan
     assert clean == '{"a": 1}'
     assert "BEAT" not in r.stdout
-    after = await run(sandbox, "print(os.getpid(), os.getppid())")
-    assert after.split()[1] == before.split()[1]  # same fork server...
-    assert after.split()[0] != before.split()[0]  # ...new interpreter
+    after = _ids(await run(sandbox, "print('ids', os.getpid(), os.getppid())"))
+    assert after[1] == before[1]  # same fork server...
+    assert after[0] != before[0]  # ...new interpreter
     if cfg.backend == "local":  # host pids: check from here too
         for pid in pids:
             with pytest.raises(ProcessLookupError):
