@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -258,8 +259,12 @@ def _needle_template(lines: int = 10_000) -> tuple[bytes, bytes]:
 
 
 async def drive_service(base_url: str, api_key: str, concurrency: int, seconds: float,
-                        prefix: str) -> dict[str, Any]:  # fmt: skip
-    """Closed loop: ``concurrency`` sessions, each sending needle requests back to back."""
+                        prefix: str, mark: Callable[[str], None] | None = None,
+                        settle: Callable[[], Awaitable[None]] | None = None,
+                        ) -> dict[str, Any]:  # fmt: skip
+    """Closed loop: ``concurrency`` sessions, each sending needle requests back to back.
+    ``settle`` is awaited after the warm-up (e.g. until the pool has refilled); ``mark`` is
+    told "start" and "end" around the measured window."""
     template, marker = _needle_template()
     latencies: list[float] = []
     failures: list[str] = []
@@ -287,6 +292,10 @@ async def drive_service(base_url: str, api_key: str, concurrency: int, seconds: 
 
         sessions = [f"{prefix}-{i}" for i in range(concurrency)]
         await asyncio.gather(*(one(s, False) for s in sessions))  # warm: one sandbox per session
+        if settle is not None:
+            await settle()
+        if mark is not None:
+            mark("start")
         deadline = time.perf_counter() + seconds
         t0 = time.perf_counter()
 
@@ -296,6 +305,8 @@ async def drive_service(base_url: str, api_key: str, concurrency: int, seconds: 
 
         await asyncio.gather(*(loop(s) for s in sessions))
         elapsed = time.perf_counter() - t0
+        if mark is not None:
+            mark("end")
     return {"latencies_ms": latencies, "failures": len(failures), "errors": failures[:3],
             "completions": len(latencies), "elapsed_s": elapsed}  # fmt: skip
 

@@ -21,8 +21,11 @@ from pathlib import Path
 from typing import IO
 
 from loadtest.upstream import free_port, wait_until_up
+from sandbox.config import SandboxConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+# runsc's state root for RLM_SANDBOX=runsc at the default RLM_SANDBOX_STATE_DIR.
+RUNSC_ROOT = str(Path(SandboxConfig().state_dir) / "runsc")
 API_KEY = "loadtest-key"
 
 
@@ -30,7 +33,7 @@ API_KEY = "loadtest-key"
 class StackConfig:
     """What to run: sandbox backend, upstream policy and latency, extra service settings."""
 
-    sandbox: str = "docker"  # docker | local
+    sandbox: str = "docker"  # docker | runsc | local
     runtime: str = "runsc"
     policy: str = "scenarios"
     latency_s: float = 0.0
@@ -53,6 +56,11 @@ class LocalStack:
         self.leftovers: list[str] = []
         self._procs: list[subprocess.Popen[bytes]] = []
         self._logs: list[IO[bytes]] = []
+
+    @property
+    def service_pid(self) -> int:
+        """The service process's pid (the second one started, after the upstream)."""
+        return self._procs[1].pid
 
     @property
     def base_url(self) -> str:
@@ -134,7 +142,7 @@ class LocalStack:
         for f in self._logs:
             f.close()
         self._logs.clear()
-        if self.cfg.sandbox == "docker":
+        if self.cfg.sandbox in ("docker", "runsc"):
             self.leftovers = remove_containers(self.instance)
 
     def __enter__(self) -> LocalStack:
@@ -145,19 +153,33 @@ class LocalStack:
 
 
 def container_ids(instance: str) -> list[str]:
-    """Full ids of every container (running or not) labelled with this service instance."""
+    """Full ids of every container (running or not) labelled with this service instance,
+    then the names of the sandboxes runsc runs directly for it (RLM_SANDBOX=runsc)."""
     out = subprocess.run(
         ["docker", "ps", "-aq", "--no-trunc", "--filter", f"label=rlm-py.instance={instance}"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    return out.stdout.split()
+    return out.stdout.split() + _runsc_sandboxes(instance)
+
+
+def _runsc_sandboxes(instance: str) -> list[str]:
+    out = subprocess.run(
+        ["runsc", "--root", RUNSC_ROOT, "list", "--quiet"], capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    return [n for n in out.stdout.split() if n.startswith(f"rlm-{instance}-")]
 
 
 def remove_containers(instance: str) -> list[str]:
     """Remove what a stopped service left behind; returns what there was (should be [])."""
     ids = container_ids(instance)
-    if ids:
-        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, timeout=120)
+    direct = set(_runsc_sandboxes(instance))
+    in_docker = [i for i in ids if i not in direct]
+    if in_docker:
+        subprocess.run(["docker", "rm", "-f", *in_docker], capture_output=True, timeout=120)
+    for name in direct:
+        for args in (["kill", "--all", name, "KILL"], ["delete", "--force", name]):
+            subprocess.run(["runsc", "--root", RUNSC_ROOT, *args], capture_output=True, timeout=60)
     return ids
 
 

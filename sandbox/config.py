@@ -19,8 +19,10 @@ class SandboxConfig:
         hard_grace_s      extra time past the soft limit before the host kills the sandbox
     """
 
-    backend: str = "docker"  # docker | local
-    runtime: str = "runsc"  # runsc | runc
+    backend: str = "docker"  # docker | runsc (runsc as the OCI runtime, no daemon) | local
+    runtime: str = "runsc"  # runsc | runc: Docker's runtime; for backend runsc, whose flags
+    state_dir: str = "/var/lib/rlm-py"  # backend runsc: its state, bundles, exported image
+    runsc_path: str = "runsc"
     image: str = DEFAULT_SANDBOX_IMAGE
     instance: str = "rlm-py"  # label value naming this service instance
     start_timeout_s: float = 20.0

@@ -29,7 +29,7 @@ from docker.types import Ulimit
 
 from sandbox.config import SandboxConfig
 from sandbox.errors import SandboxStartError, SandboxUnavailable
-from sandbox.process import SandboxProcess, worker_args
+from sandbox.process import SandboxProcess, find_cpu_file, read_cpu_file, worker_args
 
 log = logging.getLogger(__name__)
 
@@ -125,25 +125,6 @@ def container_spec(cfg: SandboxConfig, name: str, session: str = "") -> dict[str
     }
 
 
-CGROUP_ROOT = "/sys/fs/cgroup"
-
-
-def _find_cpu_file(container_id: str) -> tuple[str, str] | None:
-    """Where the host accounts a container's CPU time: cgroup v1's cpuacct.usage (ns) or
-    v2's cpu.stat (usage_usec), under Docker's cgroupfs or systemd layout."""
-    candidates = (
-        (f"{CGROUP_ROOT}/cpuacct/docker/{container_id}/cpuacct.usage", "ns"),
-        (f"{CGROUP_ROOT}/cpuacct/system.slice/docker-{container_id}.scope/cpuacct.usage", "ns"),
-        (f"{CGROUP_ROOT}/cpu,cpuacct/docker/{container_id}/cpuacct.usage", "ns"),
-        (f"{CGROUP_ROOT}/system.slice/docker-{container_id}.scope/cpu.stat", "stat"),
-        (f"{CGROUP_ROOT}/docker/{container_id}/cpu.stat", "stat"),
-    )
-    for path, kind in candidates:
-        if os.path.exists(path):
-            return path, kind
-    return None
-
-
 def max_procs(cfg: SandboxConfig) -> int:
     """RLIMIT_NPROC for the worker, so fork() fails before the container's pids cap is hit.
 
@@ -180,21 +161,10 @@ class DockerProcess(SandboxProcess):
         Read on the host, outside the sandbox: what the code in it cannot forge or hide.
         """
         if self._cpu_file is None:
-            self._cpu_file = _find_cpu_file(self.id)
+            self._cpu_file = find_cpu_file(f"docker/{self.id}", docker_scope=self.id)
             if self._cpu_file is None:
                 return None
-        path, kind = self._cpu_file
-        try:
-            with open(path, "rb") as f:
-                data = f.read(4096)
-        except OSError:
-            return None
-        if kind == "ns":
-            return int(data.strip() or 0) / 1e9
-        for line in data.splitlines():
-            if line.startswith(b"usage_usec "):
-                return int(line.split()[1]) / 1e6
-        return None
+        return read_cpu_file(self._cpu_file)
 
     @classmethod
     async def spawn(cls, cfg: SandboxConfig, session: str = "") -> DockerProcess:

@@ -43,10 +43,72 @@ async def _spawn_local(cfg: SandboxConfig) -> SandboxProcess:
     return await LocalProcess.spawn(cfg)
 
 
+async def _spawn_runsc(cfg: SandboxConfig) -> SandboxProcess:
+    from sandbox.runsc_backend import RunscProcess
+
+    return await RunscProcess.spawn(cfg)
+
+
 BACKENDS: dict[str, Callable[[SandboxConfig], Awaitable[SandboxProcess]]] = {
     "docker": _spawn_docker,
+    "runsc": _spawn_runsc,
     "local": _spawn_local,
 }
+
+
+class _Runtime:
+    """A backend's housekeeping (leftovers, orphans, liveness), the same for the pool
+    whichever runtime is behind it; the local backend has none."""
+
+    def __init__(self, cfg: SandboxConfig) -> None:
+        self.cfg = cfg
+
+    async def reap(self) -> int:
+        if self.cfg.backend == "docker":
+            from sandbox import docker_backend
+
+            return await docker_backend.reap(self.cfg.instance)
+        if self.cfg.backend == "runsc":
+            from sandbox import runsc_backend
+
+            return await runsc_backend.reap(self.cfg)
+        return 0
+
+    async def ping(self) -> None:
+        if self.cfg.backend == "docker":
+            from sandbox import docker_backend
+
+            await docker_backend.ping()
+        elif self.cfg.backend == "runsc":
+            from sandbox import runsc_backend
+
+            await runsc_backend.ping(self.cfg)
+
+    def orphans(self) -> int:
+        if self.cfg.backend == "docker":
+            from sandbox import docker_backend
+
+            return docker_backend.orphans()
+        if self.cfg.backend == "runsc":
+            from sandbox import runsc_backend
+
+            return runsc_backend.orphans()
+        return 0
+
+    async def remove_orphans(self) -> int:
+        if self.cfg.backend == "docker":
+            from sandbox import docker_backend
+
+            return await docker_backend.remove_orphans()
+        if self.cfg.backend == "runsc":
+            from sandbox import runsc_backend
+
+            return await runsc_backend.remove_orphans(self.cfg)
+        return 0
+
+    @property
+    def pingable(self) -> bool:
+        return self.cfg.backend in ("docker", "runsc")
 
 
 async def launch(cfg: SandboxConfig) -> SandboxHandle:
@@ -80,6 +142,7 @@ class SandboxPool:
         on_started: Callable[[float], None] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.runtime = _Runtime(cfg)
         self.size = max(0, size)
         self._idle: collections.deque[SandboxHandle] = collections.deque()
         self._live: set[SandboxHandle] = set()
@@ -99,11 +162,9 @@ class SandboxPool:
 
     async def start(self) -> None:
         """Reap leftovers of earlier runs, then fill the pool in the background."""
-        if self.cfg.backend == "docker":
-            from sandbox.docker_backend import reap
-
+        if self.runtime.pingable:
             try:
-                removed = await reap(self.cfg.instance)
+                removed = await self.runtime.reap()
             except SandboxError as exc:  # the runtime is away: serve what we can, retry later
                 self.last_error = str(exc)
                 log.warning("could not reap leftover sandboxes: %s", exc)
@@ -149,11 +210,9 @@ class SandboxPool:
     async def problems(self) -> list[str]:
         """Why this pool cannot hand out sandboxes now (empty when it can): readiness."""
         out: list[str] = []
-        if self.cfg.backend == "docker":
-            from sandbox.docker_backend import ping
-
+        if self.runtime.pingable:
             try:
-                await asyncio.wait_for(ping(), 2)
+                await asyncio.wait_for(self.runtime.ping(), 2)
             except (SandboxError, TimeoutError) as exc:
                 out.append(f"sandbox runtime unreachable: {exc or 'no answer within 2s'}")
         if not self.ready:
@@ -222,33 +281,28 @@ class SandboxPool:
     async def _remove_orphans(self) -> int:
         """Retry removing containers whose removal failed (the daemon was away); how many
         are left."""
-        if self.cfg.backend != "docker":
-            return 0
-        from sandbox.docker_backend import orphans, remove_orphans
-
+        rt = self.runtime
         try:
-            return await remove_orphans() if orphans() else 0
+            return await rt.remove_orphans() if rt.orphans() else 0
         except Exception:  # never let it stop the refill loop
             log.exception("removing leftover sandbox containers failed")
-            return orphans()
+            return rt.orphans()
 
     async def _back_off(self, delay_s: float, runtime_away: bool) -> None:
         """Wait before the next refill attempt. When the runtime was unreachable, it is
         pinged meanwhile (a ping is cheap, a failed start is not) and the wait ends as soon
         as it answers: a daemon that comes back is noticed within RETRY_MIN_S, not after the
         whole back-off. Once: if that attempt fails too, the next wait is whole."""
-        hurry = runtime_away and self.cfg.backend == "docker" and not self._hurried
+        hurry = runtime_away and self.runtime.pingable and not self._hurried
         self._hurried = False
         if not hurry:
             await asyncio.sleep(delay_s)
             return
-        from sandbox.docker_backend import ping
-
         end = time.monotonic() + delay_s
         while (left := end - time.monotonic()) > 0:
             await asyncio.sleep(min(self.RETRY_MIN_S, left))
             try:
-                await asyncio.wait_for(ping(), 2)
+                await asyncio.wait_for(self.runtime.ping(), 2)
             except (SandboxError, TimeoutError):
                 continue
             self._hurried = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -32,6 +33,46 @@ def worker_args(cfg: SandboxConfig) -> list[str]:
         "--output-cap", str(cfg.output_cap_chars),
         "--memory-bytes", str(max(0, cfg.memory_mb - 64) * 1024 * 1024),
     ]  # fmt: skip
+
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def find_cpu_file(group: str, *, docker_scope: str = "") -> tuple[str, str] | None:
+    """Where the host accounts a cgroup's CPU time: cgroup v1's cpuacct.usage (ns) or v2's
+    cpu.stat (usage_usec). ``group`` is the path under each hierarchy (``docker/<id>``);
+    ``docker_scope`` also tries systemd's layout for a Docker container of that id."""
+    candidates = [
+        (f"{CGROUP_ROOT}/cpuacct/{group}/cpuacct.usage", "ns"),
+        (f"{CGROUP_ROOT}/cpu,cpuacct/{group}/cpuacct.usage", "ns"),
+        (f"{CGROUP_ROOT}/{group}/cpu.stat", "stat"),
+    ]
+    if docker_scope:
+        scope = f"system.slice/docker-{docker_scope}.scope"
+        candidates += [
+            (f"{CGROUP_ROOT}/cpuacct/{scope}/cpuacct.usage", "ns"),
+            (f"{CGROUP_ROOT}/{scope}/cpu.stat", "stat"),
+        ]
+    for path, kind in candidates:
+        if os.path.exists(path):
+            return path, kind
+    return None
+
+
+def read_cpu_file(found: tuple[str, str]) -> float | None:
+    """Seconds of CPU in a file ``find_cpu_file`` returned (None: gone or unreadable)."""
+    path, kind = found
+    try:
+        with open(path, "rb") as f:
+            data = f.read(4096)
+    except OSError:
+        return None
+    if kind == "ns":
+        return int(data.strip() or 0) / 1e9
+    for line in data.splitlines():
+        if line.startswith(b"usage_usec "):
+            return int(line.split()[1]) / 1e6
+    return None
 
 
 class SandboxProcess(abc.ABC):
@@ -72,29 +113,35 @@ class SandboxProcess(abc.ABC):
         return None
 
 
-class LocalProcess(SandboxProcess):
-    """The worker as a host subprocess. NOT a sandbox: anything it runs can reach the host."""
+# Pipe capacity for the channel (Linux's default is 64 KiB; 1 MiB is the unprivileged cap
+# of /proc/sys/fs/pipe-max-size): a context of some hundred KB crosses in one write and one
+# wake-up of the reader instead of one per 64 KiB.
+PIPE_BYTES = 1 << 20
+_F_SETPIPE_SZ = 1031
 
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+
+def _widen_pipe(stream: object) -> None:
+    transport = getattr(stream, "transport", None) or getattr(stream, "_transport", None)
+    pipe = transport.get_extra_info("pipe") if transport is not None else None
+    if pipe is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, PIPE_BYTES)
+
+
+class PipeProcess(SandboxProcess):
+    """A worker whose channel is a host process's stdin and stdout pipes: the worker itself
+    (``LocalProcess``) or ``runsc run`` holding the sandbox's stdio (``RunscProcess``). The
+    bytes go from the worker to this process through one pipe, with nothing relaying them."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, name: str) -> None:
         self._proc = proc
-        self.name = f"local-{proc.pid}"
+        self.name = name
         self._closed = False
         self._stderr = b""
         self._stderr_task = asyncio.create_task(self._collect_stderr())
-
-    @classmethod
-    async def spawn(cls, cfg: SandboxConfig) -> LocalProcess:
-        # A bare environment: no secret of the service reaches the worker's environment.
-        env = {"PATH": os.defpath, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-E", "-s", str(WORKER_PATH), *worker_args(cfg),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True, limit=2**20,
-            )  # fmt: skip
-        except OSError as exc:
-            raise SandboxStartError(f"could not start the local worker: {exc}") from exc
-        return cls(proc)
+        for stream in (proc.stdin, proc.stdout):
+            _widen_pipe(stream)
 
     async def _collect_stderr(self) -> None:
         assert self._proc.stderr is not None
@@ -116,6 +163,42 @@ class LocalProcess(SandboxProcess):
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise EOFError("worker is gone") from exc
 
+    def diagnostics(self) -> str:
+        return self._stderr.decode("utf-8", "replace")
+
+    async def _wait(self, timeout_s: float) -> int | None:
+        """The host process's exit code, or None when it has not exited within the time."""
+        try:
+            return await asyncio.wait_for(self._proc.wait(), timeout_s)
+        except TimeoutError:
+            return None
+
+    def _close_pipes(self) -> None:
+        self._stderr_task.cancel()
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
+
+
+class LocalProcess(PipeProcess):
+    """The worker as a host subprocess. NOT a sandbox: anything it runs can reach the host."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        super().__init__(proc, f"local-{proc.pid}")
+
+    @classmethod
+    async def spawn(cls, cfg: SandboxConfig) -> LocalProcess:
+        # A bare environment: no secret of the service reaches the worker's environment.
+        env = {"PATH": os.defpath, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-E", "-s", str(WORKER_PATH), *worker_args(cfg),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, env=env, start_new_session=True, limit=2**20,
+            )  # fmt: skip
+        except OSError as exc:
+            raise SandboxStartError(f"could not start the local worker: {exc}") from exc
+        return cls(proc)
+
     def _signal_group(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._proc.pid, sig)
@@ -129,26 +212,18 @@ class LocalProcess(SandboxProcess):
         self._signal_group(signal.SIGKILL)
 
     async def exit_reason(self) -> str:
-        try:
-            code = await asyncio.wait_for(self._proc.wait(), 5)
-        except TimeoutError:
+        code = await self._wait(5)
+        if code is None:
             return "the worker stopped answering"
         if code < 0:
             return f"the worker was killed by signal {-code}"
         return f"the worker exited with code {code}"
-
-    def diagnostics(self) -> str:
-        return self._stderr.decode("utf-8", "replace")
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self._signal_group(signal.SIGKILL)
-        try:
-            await asyncio.wait_for(self._proc.wait(), 5)
-        except TimeoutError:
+        if await self._wait(5) is None:
             log.warning("local worker %s did not exit after SIGKILL", self.name)
-        self._stderr_task.cancel()
-        if self._proc.stdin is not None:
-            self._proc.stdin.close()
+        self._close_pipes()

@@ -49,8 +49,9 @@ class Settings(BaseSettings):
     rlm_cloudwatch_interval_s: float = Field(60.0, ge=1)
 
     # Sandboxes
-    rlm_sandbox: Literal["docker", "local"] = "docker"
+    rlm_sandbox: Literal["docker", "runsc", "local"] = "docker"
     rlm_sandbox_runtime: Literal["runsc", "runc"] = "runsc"
+    rlm_sandbox_state_dir: str = "/var/lib/rlm-py"
     rlm_sandbox_image: str = DEFAULT_SANDBOX_IMAGE
     rlm_sandbox_pool_size: int = Field(8, ge=0)
     rlm_sandbox_memory_mb: int = Field(1024, ge=128)
@@ -134,6 +135,15 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _runsc_backend_runs_runsc(self) -> Settings:
+        if self.rlm_sandbox == "runsc" and self.rlm_sandbox_runtime != "runsc":
+            raise ValueError(
+                "RLM_SANDBOX=runsc runs gVisor's runsc directly: RLM_SANDBOX_RUNTIME must be "
+                "runsc (use RLM_SANDBOX=docker for runc)"
+            )
+        return self
+
     @property
     def api_keys(self) -> list[str]:
         return [k.strip() for k in self.rlm_api_keys.get_secret_value().split(",") if k.strip()]
@@ -176,6 +186,7 @@ class Settings(BaseSettings):
         return SandboxConfig(
             backend=self.rlm_sandbox,
             runtime=self.rlm_sandbox_runtime,
+            state_dir=self.rlm_sandbox_state_dir,
             image=self.rlm_sandbox_image,
             instance=self.rlm_instance,
             start_timeout_s=self.rlm_sandbox_start_timeout_s,

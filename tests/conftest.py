@@ -7,7 +7,10 @@ do, unless RLM_TEST_SKIP_DOCKER=1 says this machine deliberately runs without th
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -40,6 +43,7 @@ def _docker_problem() -> str | None:
     )
     if build.returncode != 0:
         return f"sandbox image {IMAGE} could not be built (`make image`): {build.stderr[-800:]}"
+    _remove_dead_runsc_sandboxes()
     # Containers of test instances left by an interrupted earlier run would fail the leak
     # checks: remove those whose test process is gone (a concurrent run keeps its own).
     for c in client.containers.list(all=True, filters={"label": "rlm-py.managed=1"}):
@@ -48,6 +52,27 @@ def _docker_problem() -> str | None:
         if c.labels.get("rlm-py.instance", "").startswith("rlm-test") and not alive:
             c.remove(force=True)
     return None
+
+
+def _remove_dead_runsc_sandboxes() -> None:
+    """The same for sandboxes the runsc backend ran directly (their bundles name the owner)."""
+    state = Path(SandboxConfig().state_dir)
+    for spec in (state / "bundles").glob("*/config.json"):
+        try:
+            notes = json.loads(spec.read_text()).get("annotations", {})
+        except (OSError, ValueError):
+            continue
+        owner = notes.get("rlm-py.owner-pid", "")
+        alive = owner.isdigit() and Path(f"/proc/{owner}").exists()
+        if notes.get("rlm-py.instance", "").startswith("rlm-test") and not alive:
+            name = spec.parent.name
+            for args in (["kill", "--all", name, "KILL"], ["delete", "--force", name]):
+                subprocess.run(
+                    ["runsc", "--root", str(state / "runsc"), *args],
+                    capture_output=True,
+                    timeout=30,
+                )
+            shutil.rmtree(spec.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -80,3 +105,9 @@ def docker_cfg(docker_ready: None) -> SandboxConfig:
         tmpfs_mb=32,
         fsize_mb=32,
     )
+
+
+@pytest.fixture
+def runsc_cfg(docker_cfg: SandboxConfig) -> SandboxConfig:
+    """The same sandbox run by runsc directly (the image still comes from Docker)."""
+    return dataclasses.replace(docker_cfg, backend="runsc")

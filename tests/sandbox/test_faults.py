@@ -1,13 +1,17 @@
-"""Faults in a Docker + runsc sandbox: each gives a clear error and leaves nothing behind."""
+"""Faults in a gVisor sandbox (through Docker, and runsc run directly): each gives a clear
+error and leaves nothing behind."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 
 import pytest
 
+from loadtest.hostmem import cmdlines
 from sandbox.config import SandboxConfig
 from sandbox.errors import HardTimeout, MemoryLimit, SandboxLost
 from sandbox.handle import SandboxHandle, SandboxState
@@ -17,8 +21,8 @@ from .conftest import assert_no_leak
 
 
 @pytest.fixture
-async def box(docker_cfg: SandboxConfig) -> AsyncIterator[SandboxHandle]:
-    handle = await launch(docker_cfg)
+async def box(contained_cfg: SandboxConfig) -> AsyncIterator[SandboxHandle]:
+    handle = await launch(contained_cfg)
     cid = handle.process.id  # type: ignore[attr-defined]
     try:
         yield handle
@@ -38,7 +42,7 @@ async def test_busy_loop_hits_the_soft_timeout(box: SandboxHandle) -> None:
 
 
 async def test_stuck_in_c_is_killed_at_the_hard_deadline(
-    box: SandboxHandle, docker_cfg: SandboxConfig
+    box: SandboxHandle, contained_cfg: SandboxConfig
 ) -> None:
     await box.exec("kept = 1")
     t0 = time.monotonic()
@@ -47,7 +51,7 @@ async def test_stuck_in_c_is_killed_at_the_hard_deadline(
             "import collections, itertools\ncollections.deque(itertools.count(), maxlen=0)"
         )
     elapsed = time.monotonic() - t0
-    assert docker_cfg.hard_timeout_s <= elapsed < docker_cfg.hard_timeout_s + 3
+    assert contained_cfg.hard_timeout_s <= elapsed < contained_cfg.hard_timeout_s + 3
     assert box.state is SandboxState.LOST
     with pytest.raises(HardTimeout):
         await box.get_var("kept")  # the session learns its sandbox is gone
@@ -147,13 +151,19 @@ async def test_filling_tmp_fails_the_write(box: SandboxHandle) -> None:
     assert (r.stdout, r.error) == ("2\n", None)
 
 
-async def test_killed_from_outside_mid_exec(box: SandboxHandle) -> None:
+async def test_killed_from_outside_mid_exec(
+    box: SandboxHandle, contained_cfg: SandboxConfig
+) -> None:
     from sandbox.docker_backend import client
 
     task = asyncio.create_task(box.exec("import time\ntime.sleep(1.5)"))
     await asyncio.sleep(0.5)
     cid = box.process.id  # type: ignore[attr-defined]
-    await asyncio.to_thread(lambda: client().containers.get(cid).kill())
+    if contained_cfg.backend == "docker":
+        await asyncio.to_thread(lambda: client().containers.get(cid).kill())
+    else:  # the sentry's host process, as an operator's (or the OOM killer's) kill would
+        sentry = [p for p, c in cmdlines() if c.startswith("runsc-sandbox") and cid in c]
+        os.kill(sentry[0], signal.SIGKILL)
     with pytest.raises(SandboxLost, match="sandbox lost") as info:
         await asyncio.wait_for(task, 10)
     assert not isinstance(info.value, HardTimeout)

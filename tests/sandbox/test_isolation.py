@@ -1,4 +1,5 @@
-"""Escape attempts against a Docker + runsc sandbox: every one of them must fail."""
+"""Escape attempts against a gVisor sandbox, run through Docker and by runsc directly: every
+one of them must fail."""
 
 from __future__ import annotations
 
@@ -20,12 +21,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 async def box(
-    docker_cfg: SandboxConfig, monkeypatch: pytest.MonkeyPatch
+    contained_cfg: SandboxConfig, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[SandboxHandle]:
     # The service process holds secrets in its environment; none may cross into the sandbox.
     monkeypatch.setenv("OPENAI_API_KEY", FAKE_KEY)
     monkeypatch.setenv("RLM_API_KEYS", "client-secret-key")
-    handle = await launch(docker_cfg)
+    handle = await launch(contained_cfg)
     try:
         yield handle
     finally:
@@ -164,8 +165,10 @@ async def test_host_processes_are_not_visible(box: SandboxHandle) -> None:
     assert os.getpid() != 1
 
 
-async def test_other_sessions_are_invisible(docker_cfg: SandboxConfig, box: SandboxHandle) -> None:
-    other = await launch(docker_cfg)
+async def test_other_sessions_are_invisible(
+    contained_cfg: SandboxConfig, box: SandboxHandle
+) -> None:
+    other = await launch(contained_cfg)
     try:
         await other.exec("other_secret = 'session B data'\nstate_set('b', 'B state')")
         assert await other.get_var("other_secret") == "session B data"

@@ -1,0 +1,241 @@
+"""CPU per request, by process group: where a reused session's request spends the host's CPU.
+
+The needle task at 20 users, each reusing its session with a reset per request (closed loop,
+instant scripted upstream), through the real service on loopback. Around the measured
+window every host process's CPU time (utime + stime from /proc, all its threads) is read
+and summed by group: the service, runsc (sentry, gofer, ``runsc run``), dockerd and
+containerd, containerd-shim, kernel threads, and the load client with the scripted
+upstream. The machine's busy time from /proc/stat is the total; what no process accounts
+for (interrupts, softirqs, processes that came and went) is its own row.
+
+Variants run one after another in the same invocation: this tree with ``RLM_SANDBOX=docker``
+and with ``RLM_SANDBOX=runsc``, and, with ``--baseline REF``, the service and worker image of
+another commit (default: the previous one) checked out in a git worktree, so the table
+prints beside the previous commit's figures from the same run.
+
+    python -m loadtest.bench_cpu [--seconds 20] [--users 20] [--baseline HEAD~1|none]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from loadtest.bench import drive_service, machine
+from loadtest.samples import pct
+from loadtest.stack import ROOT, LocalStack, StackConfig
+
+GROUPS = (
+    "the service process",
+    "runsc (sentry, gofer, the stubs running sandboxed code)",
+    "dockerd + containerd relaying the channel's bytes",
+    "containerd-shim",
+    "kernel threads",
+    "(the load client and the scripted upstream)",
+    "other processes",
+)
+TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Proc:
+    cmd: str
+    ppid: int
+    cpu_s: float
+
+
+def processes() -> dict[int, Proc]:
+    """Every readable host process: command line, parent and CPU seconds so far."""
+    out: dict[int, Proc] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{name}/stat").read_text()
+            cmd = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, UnicodeDecodeError):
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        # After the name: state ppid ... utime (field 14) stime (15), counted from state=3.
+        out[int(name)] = Proc(
+            cmd.strip(), int(fields[1]), (int(fields[11]) + int(fields[12])) * TICK_S
+        )
+    return out
+
+
+def busy_s() -> float:
+    """Seconds of CPU the whole machine has been busy (all cores, /proc/stat)."""
+    parts = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = parts[3] + parts[4]  # idle + iowait
+    return (sum(parts[:8]) - idle) * TICK_S
+
+
+def _is_runsc(p: Proc) -> bool:
+    return p.cmd.startswith(("runsc", "/usr/bin/runsc")) or " runsc " in f" {p.cmd} "
+
+
+def group_of(pid: int, p: Proc, service_pid: int, ours: set[int], table: dict[int, Proc]) -> str:
+    if pid == service_pid:
+        return GROUPS[0]
+    if pid in ours or "loadtest.serve_upstream" in p.cmd:
+        return GROUPS[5]
+    if _is_runsc(p):
+        return GROUPS[1]
+    if not p.cmd:  # runsc's ptrace stubs run the sandboxed code, with no command line
+        parent, hops = table.get(p.ppid), 0
+        while parent is not None and not parent.cmd and hops < 64:
+            parent, hops = table.get(parent.ppid), hops + 1
+        if parent is not None and _is_runsc(parent):
+            return GROUPS[1]
+    if "containerd-shim" in p.cmd:
+        return GROUPS[3]
+    if "dockerd" in p.cmd or "containerd" in p.cmd:
+        return GROUPS[2]
+    if not p.cmd and (p.ppid == 2 or pid == 2):
+        return GROUPS[4]
+    return GROUPS[6]
+
+
+def cpu_by_group(
+    before: dict[int, Proc], after: dict[int, Proc], service_pid: int
+) -> dict[str, float]:
+    ours = {os.getpid()}
+    out = dict.fromkeys(GROUPS, 0.0)
+    for pid, p in after.items():
+        start = before[pid].cpu_s if pid in before and before[pid].cmd == p.cmd else 0.0
+        out[group_of(pid, p, service_pid, ours, after)] += max(0.0, p.cpu_s - start)
+    return out
+
+
+async def pool_refilled(base_url: str, size: int, timeout_s: float = 180.0) -> None:
+    """Wait until the warm pool is whole again and no sandbox is starting: the measured
+    window must not pay for the refills of the warm-up's sandboxes."""
+    gauge = re.compile(r'^rlm_sandboxes\{state="(idle|starting)"\} ([0-9.e+]+)$', re.MULTILINE)
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        while time.monotonic() < deadline:
+            text = (await client.get("/metrics")).text
+            state = {k: float(v) for k, v in gauge.findall(text)}
+            if state.get("starting", 1) == 0 and state.get("idle", 0) >= size:
+                await asyncio.sleep(2)  # the last start's own tail (runsc settling)
+                return
+            await asyncio.sleep(0.5)
+    raise TimeoutError(f"the pool did not refill to {size} within {timeout_s:g}s")
+
+
+async def measure(label: str, cfg: StackConfig, users: int, seconds: float) -> dict[str, Any]:
+    print(f"[bench_cpu] {label}: starting", file=sys.stderr, flush=True)
+    with LocalStack(cfg) as stack:
+        service_pid = stack.service_pid
+        marks: dict[str, Any] = {}
+
+        def mark(at: str) -> None:
+            marks[at] = (processes(), busy_s(), time.perf_counter())
+
+        async def settle() -> None:
+            await pool_refilled(stack.base_url, cfg.pool_size)
+
+        res = await drive_service(
+            stack.base_url, stack.api_key, users, seconds, f"cpu-{cfg.sandbox}",
+            mark=mark, settle=settle,
+        )  # fmt: skip
+    (p0, b0, t0), (p1, b1, t1) = marks["start"], marks["end"]
+    n = max(1, res["completions"])
+    groups = cpu_by_group(p0, p1, service_pid)
+    total = b1 - b0
+    return {
+        "label": label,
+        "requests": res["completions"],
+        "failures": res["failures"],
+        "errors": res["errors"],
+        "rate": res["completions"] / (t1 - t0),
+        "p50_ms": statistics.median(res["latencies_ms"]) if res["latencies_ms"] else float("nan"),
+        "p95_ms": pct(res["latencies_ms"], 0.95) if res["latencies_ms"] else float("nan"),
+        "ms": {g: 1000 * v / n for g, v in groups.items()},
+        "total_ms": 1000 * total / n,
+        "unattributed_ms": 1000 * (total - sum(groups.values())) / n,
+        "cores_busy": total / (t1 - t0),
+    }
+
+
+def baseline_tree(ref: str) -> tuple[Path, str, str]:
+    """A worktree of ``ref`` with its sandbox image built: (path, image tag, short sha)."""
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short", ref], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    path = Path(tempfile.gettempdir()) / f"rlm-bench-baseline-{sha}"
+    if not path.exists():
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(path), sha],
+            cwd=ROOT, check=True, capture_output=True,
+        )  # fmt: skip
+    image = f"rlm-sandbox:baseline-{sha}"
+    subprocess.run(
+        [str(path / "sandbox" / "build_image.sh")], env={**os.environ, "IMAGE": image},
+        check=True, capture_output=True, timeout=900,
+    )  # fmt: skip
+    return path, image, sha
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    head = "| CPU per request (ms) | " + " | ".join(r["label"] for r in results) + " |"
+    lines = [head, "|---" * (len(results) + 1) + "|"]
+    lines += [f"| {g} | " + " | ".join(f"{r['ms'][g]:.2f}" for r in results) + " |" for g in GROUPS]
+    extra = (
+        ("not attributed (irq, softirq, short-lived)", lambda r: f"{r['unattributed_ms']:.2f}"),
+        ("**whole machine (/proc/stat)**", lambda r: f"**{r['total_ms']:.2f}**"),
+        ("requests/s (20 users, reuse + reset)", lambda r: f"{r['rate']:.1f}"),
+        ("latency p50 / p95 (ms)", lambda r: f"{r['p50_ms']:.1f} / {r['p95_ms']:.1f}"),
+        ("cores busy", lambda r: f"{r['cores_busy']:.2f}"),
+        ("failed requests", lambda r: str(r["failures"])),
+    )
+    lines += [f"| {name} | " + " | ".join(fmt(r) for r in results) + " |" for name, fmt in extra]
+    return "\n".join(lines)
+
+
+async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    base: dict[str, Any] = {"policy": "needle-answer", "pool_size": args.users + 4}
+    variants: list[tuple[str, StackConfig]] = []
+    if args.baseline != "none":
+        path, image, sha = baseline_tree(args.baseline)
+        env = {"RLM_SANDBOX_IMAGE": image}
+        variants.append(
+            (f"{sha} (docker)", StackConfig(sandbox="docker", env=env, service_dir=path, **base))
+        )
+    variants += [
+        (f"this tree ({backend})", StackConfig(sandbox=backend, **base))
+        for backend in args.backends.split(",")
+    ]
+    return [await measure(label, cfg, args.users, args.seconds) for label, cfg in variants]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--backends", default="docker,runsc")
+    parser.add_argument("--baseline", default="HEAD~1", help="git ref, or none")
+    args = parser.parse_args(argv)
+    results = asyncio.run(run(args))
+    print(f"\nMachine: {machine()}\n")
+    print(table(results))
+    bad = [r for r in results if r["failures"]]
+    for r in bad:
+        print(f"\n{r['label']}: {r['failures']} failed, e.g. {r['errors'][:1]}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

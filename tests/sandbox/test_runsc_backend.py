@@ -1,0 +1,232 @@
+"""runsc run directly (RLM_SANDBOX=runsc): as strict as Docker + runsc, with the channel on
+one pipe, and nothing left behind. Real runsc, real Docker for the image and the comparison.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loadtest.hostmem import cmdlines
+from sandbox import runsc_backend
+from sandbox.config import SandboxConfig
+from sandbox.docker_backend import DockerProcess
+from sandbox.errors import SandboxLost
+from sandbox.pool import SandboxPool, launch
+from sandbox.runsc_backend import RunscProcess, state_paths
+
+from .conftest import assert_no_leak, containers
+
+# The parts of an OCI spec that decide what sandboxed code can do.
+ISOLATION = ("process", "root", "hostname", "mounts", "linux")
+# Docker's own, irrelevant to isolation: its bind mounts of resolv.conf, hosts and hostname
+# (there is no network to resolve on), its network hook, and the paths naming the container.
+DOCKER_ONLY_MOUNTS = {"/etc/resolv.conf", "/etc/hosts", "/etc/hostname"}
+
+
+def docker_effective_spec(container_id: str) -> dict[str, Any]:
+    found = glob.glob(f"/run/docker/containerd/**/{container_id}/config.json", recursive=True)
+    found += glob.glob(f"/run/containerd/**/{container_id}/config.json", recursive=True)
+    assert found, f"no effective spec for container {container_id}"
+    return json.loads(Path(found[0]).read_text())
+
+
+def comparable(spec: dict[str, Any]) -> dict[str, Any]:
+    """The isolation-relevant part of a spec, with per-sandbox names taken out."""
+    out = {k: json.loads(json.dumps(spec[k])) for k in ISOLATION}
+    out["root"].pop("path")
+    out["process"]["env"].sort()
+    out["mounts"] = [m for m in out["mounts"] if m["destination"] not in DOCKER_ONLY_MOUNTS]
+    out["linux"].pop("cgroupsPath")
+    # Docker hands runsc its seccomp profile and sysctls; runsc applies neither without its
+    # --oci-seccomp flag (checked below to be absent from both), the Sentry being the filter.
+    out["linux"].pop("seccomp", None)
+    out["linux"].pop("sysctl", None)
+    return out
+
+
+def boot_flags(cmd: str) -> list[str]:
+    """The runsc-sandbox process's global flags that shape the sandbox (not paths)."""
+    head = cmd.split(" boot ", 1)[0].split()[1:]
+    return sorted(f for f in head if not f.startswith(("--root", "--log")))
+
+
+def sandbox_cmd(name: str) -> tuple[int, str]:
+    hits = [(pid, c) for pid, c in cmdlines() if c.startswith("runsc-sandbox") and name in c]
+    assert len(hits) == 1, hits
+    return hits[0]
+
+
+async def test_the_effective_spec_is_dockers(docker_cfg: SandboxConfig) -> None:
+    """Every isolation setting Docker renders for a sandbox is in the direct one's spec, and
+    runsc boots both with the same flags (platform, network none, no OCI seccomp)."""
+    cfg = dataclasses.replace(docker_cfg, memory_mb=384, cpus=0.5, pids=160, nofile=77)
+    boxes = [await launch(cfg), await launch(dataclasses.replace(cfg, backend="runsc"))]
+    try:
+        docker_proc, direct = boxes[0].process, boxes[1].process
+        assert isinstance(docker_proc, DockerProcess) and isinstance(direct, RunscProcess)
+        ours = json.loads((state_paths(cfg)[1] / direct.id / "config.json").read_text())
+        theirs = docker_effective_spec(docker_proc.id)
+        assert comparable(ours) == comparable(theirs)
+        assert ours["process"]["capabilities"] == {} and ours["process"]["noNewPrivileges"]
+        assert ours["root"]["readonly"] is True
+        assert {"type": "network"} in ours["linux"]["namespaces"]
+        assert ours["linux"]["resources"]["memory"]["limit"] == 384 * 2**20
+        docker_flags = boot_flags(sandbox_cmd(docker_proc.id)[1])
+        direct_flags = boot_flags(sandbox_cmd(direct.id)[1])
+        assert docker_flags == direct_flags and "--network=none" in direct_flags
+        assert not any("oci-seccomp" in f for f in direct_flags)
+        # And they hold inside: the same user, the same caps and limits, seen by the code.
+        probe = (
+            "import os, resource\n"
+            "st = open('/proc/self/status').read()\n"
+            "caps = [l for l in st.splitlines() if l.startswith('Cap')]\n"
+            "print(os.getuid(), os.getgid(), caps, resource.getrlimit(resource.RLIMIT_NOFILE),"
+            " resource.getrlimit(resource.RLIMIT_FSIZE), os.uname().nodename)"
+        )
+        seen = [(await b.exec(probe)).stdout for b in boxes]
+        assert seen[0] == seen[1] and seen[0].startswith("10001 10001"), seen
+    finally:
+        for b in boxes:
+            await b.close()
+
+
+async def test_the_channel_is_one_pipe_from_the_sandbox(runsc_cfg: SandboxConfig) -> None:
+    """The worker writes its frames into a pipe this process reads: the runsc-sandbox
+    process holds the other end itself, with no daemon or shim in between."""
+    box = await launch(runsc_cfg)
+    try:
+        proc = box.process
+        assert isinstance(proc, RunscProcess)
+        transport = proc._proc.stdout._transport  # type: ignore[union-attr]
+        ours = os.readlink(f"/proc/self/fd/{transport.get_extra_info('pipe').fileno()}")
+        pid, _ = sandbox_cmd(proc.id)
+        held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        assert ours.startswith("pipe:[") and ours in held
+        assert not any("containerd-shim" in c and proc.id in c for _, c in cmdlines())
+        assert (await box.exec("print('through the pipe')")).stdout == "through the pipe\n"
+    finally:
+        await box.close()
+
+
+async def test_close_leaves_nothing(runsc_cfg: SandboxConfig) -> None:
+    box = await launch(runsc_cfg)
+    name = box.process.name
+    await box.exec("x = bytearray(10 * 2**20)")
+    cpu = box.cpu_seconds()
+    assert cpu is not None and cpu > 0  # read from the sandbox's own cgroup
+    assert any(name in c for c in await asyncio.to_thread(containers))
+    await box.close()
+    assert not (state_paths(runsc_cfg)[1] / name).exists()
+    await assert_no_leak([name])
+
+
+async def test_a_crashed_sandbox_is_reported_and_cleaned(runsc_cfg: SandboxConfig) -> None:
+    """The sentry dies on the host (an OOM kill, a runsc bug): the session's sandbox is lost
+    with a reason, and closing it leaves nothing behind."""
+    box = await launch(runsc_cfg)
+    name = box.process.name
+    pid, _ = sandbox_cmd(name)
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(SandboxLost, match=r"sandbox"):
+        await box.exec("1")
+    assert not box.alive and box.lost_error is not None
+    await box.close()
+    await assert_no_leak([name])
+
+
+async def test_the_reaper_deletes_leftovers_of_this_instance_only(
+    runsc_cfg: SandboxConfig,
+) -> None:
+    """A service that died left sandboxes running: the next one's pool removes its own."""
+    mine = dataclasses.replace(runsc_cfg, instance="rlm-test-reaper")
+    theirs = dataclasses.replace(runsc_cfg, instance="rlm-test-bystander")
+    # Started and abandoned (not closed): as a crashed service leaves them.
+    boxes = [await launch(c) for c in (mine, theirs)]
+    left = [b.process for b in boxes]
+    assert isinstance(left[0], RunscProcess) and isinstance(left[1], RunscProcess)
+    try:
+        assert any(left[0].id in c for c in containers(mine.instance))
+        pool = SandboxPool(mine, size=0)
+        await pool.start()
+        await pool.close()
+        assert containers(mine.instance) == []
+        assert any(left[1].id in c for c in containers(theirs.instance))
+        assert (await boxes[1].exec("'still here'")).stdout == "'still here'\n"
+    finally:
+        for box in boxes:
+            await box.close()
+    await assert_no_leak([left[0].id], mine.instance)
+    await assert_no_leak([left[1].id], theirs.instance)
+
+
+def test_a_killed_service_leaves_no_sandbox_running(runsc_cfg: SandboxConfig) -> None:
+    """SIGKILL of the service process: its sandboxes die with it (runsc run's parent death
+    signal and runsc's attached sandbox); their state is reaped at the next start."""
+    cfg = dataclasses.replace(runsc_cfg, instance="rlm-test-killed")
+    script = (
+        "import asyncio, dataclasses, sys, time\n"
+        "from sandbox.config import SandboxConfig\n"
+        "from sandbox.pool import launch\n"
+        "async def main():\n"
+        f"    h = await launch(SandboxConfig(backend='runsc', image={cfg.image!r}, "
+        f"instance={cfg.instance!r}, memory_mb=256, pids=192))\n"
+        "    print(h.process.id, flush=True)\n"
+        "    await asyncio.sleep(120)\n"
+        "asyncio.run(main())\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=Path.cwd()
+    )
+    try:
+        assert child.stdout is not None
+        name = child.stdout.readline().strip()
+        assert name.startswith("rlm-rlm-test-killed-"), name
+        assert any(name in c for _, c in cmdlines())
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+        deadline = time.monotonic() + 10
+        while (alive := [c for _, c in cmdlines() if name in c]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert alive == [], alive
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert asyncio.run(runsc_backend.reap(cfg)) == 1
+    assert containers(cfg.instance) == []
+
+
+async def test_interrupt_reaches_the_running_block(runsc_cfg: SandboxConfig) -> None:
+    box = await launch(dataclasses.replace(runsc_cfg, exec_timeout_s=20))
+    try:
+        task = asyncio.create_task(
+            box.exec(
+                "import time\ntry:\n    time.sleep(10)\nexcept KeyboardInterrupt:\n    print('stopped')"
+            )
+        )
+        await asyncio.sleep(0.5)
+        t0 = time.perf_counter()
+        await box.interrupt()
+        result = await task
+        assert result.stdout == "stopped\n" and time.perf_counter() - t0 < 5
+        assert (await box.exec("1 + 1")).stdout == "2\n"
+    finally:
+        await box.close()
+
+
+def test_runtime_flags_come_from_dockers_runtime(runsc_cfg: SandboxConfig) -> None:
+    flags = asyncio.run(runsc_backend.runtime_flags(runsc_cfg))
+    daemon = json.loads(Path("/etc/docker/daemon.json").read_text())
+    expected = [a for a in daemon["runtimes"]["runsc"].get("runtimeArgs", []) if "network" not in a]
+    assert flags == [*expected, "--network=none"]
