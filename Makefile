@@ -16,7 +16,7 @@ PLAYBOOK := $(VENV)/bin/ansible-playbook -i localhost, -c local ami/playbook.yml
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install runtime provision-runtime ami-lint image browser serve demo test test-ui test-fast lint bench \
+.PHONY: help install runtime provision-runtime ami-lint image browser serve demo test test-ui test-fast lint bench bench-cpu \
         loadtest loadtest-local ami infra-preview infra-up infra-outputs infra-destroy \
         aws-setup create conn ec2-setup list start stop reboot delete clean
 
@@ -73,8 +73,12 @@ lint: install ## ruff (rules and format), mypy over every package, the layer con
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-bench: image ## benchmarks (sandbox, engine, end to end vs the official RLM library): markdown table
-	$(PY) -m loadtest.bench
+BASELINE ?= HEAD~1
+bench: image ## benchmarks (sandbox, engine, end to end vs the official RLM library, CPU per request beside BASELINE's): markdown table
+	$(PY) -m loadtest.bench --baseline $(BASELINE)
+
+bench-cpu: image ## only the CPU-per-request table: this tree on both backends beside BASELINE (a git ref, or none)
+	$(PY) -m loadtest.bench_cpu --baseline $(BASELINE)
 
 # ---- load tests ---------------------------------------------------------------------------
 HOST ?=

@@ -109,22 +109,27 @@ async def sandbox_rows(quick: bool) -> list[dict[str, Any]]:
         return [row("sandbox", "micro-benchmarks", note="loadtest/bench_sandbox.py not present")]
     from sandbox.config import SandboxConfig
 
-    cfg = SandboxConfig(instance=f"rlm-bench-{os.getpid()}")
-    try:
-        got = await bench_sandbox.run(cfg, n=50 if quick else 200, starts=3 if quick else 10)
-    except Exception as exc:  # noqa: BLE001 - one broken section must not hide the others
-        return [
-            row("sandbox", "micro-benchmarks", note=f"failed: {type(exc).__name__}: {exc}"[:200])
-        ]
-    finally:
-        from loadtest.stack import remove_containers
+    rows: list[dict[str, Any]] = []
+    got: list[dict[str, Any]] = []
+    for backend in ("docker", "runsc"):
+        cfg = SandboxConfig(backend=backend, instance=f"rlm-bench-{os.getpid()}")
+        suffix = "" if backend == "docker" else " [RLM_SANDBOX=runsc]"
+        try:
+            found = await bench_sandbox.run(cfg, n=50 if quick else 200, starts=3 if quick else 10)
+        except Exception as exc:  # noqa: BLE001 - one broken section must not hide the others
+            note = f"failed: {type(exc).__name__}: {exc}"[:200]
+            rows.append(row("sandbox", f"micro-benchmarks{suffix}", note=note))
+            continue
+        finally:
+            from loadtest.stack import remove_containers
 
-        remove_containers(cfg.instance)
-    rows = [
-        {**row("sandbox", r["name"], unit=r.get("unit", "ms"), aim=r.get("aim", "")),
-         "n": r.get("n"), "median": r.get("median"), "p95": r.get("p95")}
-        for r in got
-    ]  # fmt: skip
+            remove_containers(cfg.instance)
+        got += found if backend == "docker" else []
+        rows += [
+            {**row("sandbox", r["name"] + suffix, unit=r.get("unit", "ms"), aim=r.get("aim", "")),
+             "n": r.get("n"), "median": r.get("median"), "p95": r.get("p95")}
+            for r in found
+        ]  # fmt: skip
     # The same trivial exec in the official library's DockerREPL, and the ratio.
     ours = next((r["median"] for r in got if r["name"].startswith("exec")), None)
     try:
@@ -444,6 +449,18 @@ async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
                         unit="x", value=results["ours20"] / max(results["local20"], 1e-9)))  # fmt: skip
     stage("capacity")
     rows += await capacity_rows(args.capacity_seconds, tuple(args.steps))
+    stage("CPU per request by process group (this tree on both backends, and the baseline)")
+    try:
+        from loadtest import bench_cpu
+
+        cpu_args = argparse.Namespace(
+            seconds=args.seconds, users=20, backends="docker,runsc", baseline=args.baseline
+        )
+        args.cpu_table = bench_cpu.table(await bench_cpu.run(cpu_args))
+    except Exception as exc:  # noqa: BLE001 - one broken section must not hide the others
+        rows.append(
+            row("cpu", "CPU per request", note=f"failed: {type(exc).__name__}: {exc}"[:200])
+        )
     stage("done")
     return rows
 
@@ -458,11 +475,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=20, help="root iterations per engine run")
     p.add_argument("--runs", type=int, default=10, help="engine runs to time")
     p.add_argument("--quick", action="store_true", help="fewer samples in the sandbox section")
+    p.add_argument("--baseline", default="HEAD~1",
+                   help="commit whose CPU per request is measured beside this tree's (or none)")  # fmt: skip
     args = p.parse_args(argv)
+    args.cpu_table = ""
     started = time.strftime("%Y%m%d-%H%M%S")
     rows = asyncio.run(run_all(args))
     table = markdown(rows)
     text = f"Benchmarks {started} on {machine()}\n\n{table}\n"
+    if args.cpu_table:
+        text += f"\nCPU per request, 20 users reusing their sessions with a reset each:\n\n{args.cpu_table}\n"
     print(text)
     out = ROOT / "logs" / f"bench-{started}.md"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from sandbox.config import SandboxConfig
 from sandbox.errors import SandboxError, SandboxUnavailable
@@ -122,6 +122,68 @@ async def launch(cfg: SandboxConfig) -> SandboxHandle:
     return await SandboxHandle.start(await spawn(cfg), cfg)
 
 
+class StartGate:
+    """At most ``limit`` sandbox starts at once, requests first.
+
+    A start that a request waits for (``urgent``) goes before every refill of the warm
+    pool, and refills never hold the last slot: with two or more slots, a request's cold
+    start never queues behind refills, which only use what requests leave. Starts are
+    heavy (hundreds of ms of CPU under gVisor); serving comes first.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, limit)
+        self.refill_limit = max(1, self.limit - 1)
+        self.running = 0
+        self.refills = 0
+        self._urgent: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._later: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def _free_for(self, urgent: bool) -> bool:
+        if self.running >= self.limit:
+            return False
+        return urgent or (not self._urgent and self.refills < self.refill_limit)
+
+    @contextlib.asynccontextmanager
+    async def slot(self, *, urgent: bool) -> AsyncIterator[None]:
+        queue = self._urgent if urgent else self._later
+        if queue or not self._free_for(urgent):
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            queue.append(fut)
+            try:
+                await fut
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled():  # granted as we were cancelled
+                    self._leave(urgent)
+                else:
+                    queue.remove(fut)
+                    self._dispatch()  # a refill may have waited behind this request
+                raise
+        else:
+            self._enter(urgent)
+        try:
+            yield
+        finally:
+            self._leave(urgent)
+
+    def _enter(self, urgent: bool) -> None:
+        self.running += 1
+        self.refills += not urgent
+
+    def _leave(self, urgent: bool) -> None:
+        self.running -= 1
+        self.refills -= not urgent
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        for is_urgent, queue in ((True, self._urgent), (False, self._later)):
+            while queue and self._free_for(is_urgent):
+                fut = queue.popleft()
+                if not fut.done():
+                    self._enter(is_urgent)
+                    fut.set_result(None)
+
+
 class SandboxPool:
     """Warm sandboxes ready to hand out, and the registry of every live one."""
 
@@ -149,7 +211,7 @@ class SandboxPool:
         self._starting = 0
         self._no_starts = asyncio.Event()
         self._no_starts.set()
-        self._start_gate = asyncio.Semaphore(max_parallel_starts)
+        self._start_gate = StartGate(max_parallel_starts)
         self._refill_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._closed = False
@@ -237,14 +299,14 @@ class SandboxPool:
                 return handle
             self._live.discard(handle)
         self._wake.set()
-        return await self._launch()
+        return await self._launch(urgent=True)
 
     async def release(self, handle: SandboxHandle) -> None:
         """Close a sandbox that served a session."""
         self._live.discard(handle)
         await handle.close()
 
-    async def _launch(self) -> SandboxHandle:
+    async def _launch(self, *, urgent: bool = False) -> SandboxHandle:
         if self._closed:
             raise SandboxUnavailable("the sandbox pool is shutting down")
         self._starting += 1
@@ -252,7 +314,7 @@ class SandboxPool:
         t0 = time.perf_counter()
         try:
             try:
-                async with self._start_gate:
+                async with self._start_gate.slot(urgent=urgent):
                     handle = await launch(self.cfg)
             except SandboxError as exc:
                 self.last_error = str(exc)
