@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import sys
 from typing import Any
 
@@ -16,6 +17,8 @@ import uvicorn
 from pydantic import ValidationError
 
 from service import logs
+from service.api import workers
+from service.api.workers import WorkerInfo
 from service.app import begin_drain, create_app
 from service.config import Settings
 
@@ -40,8 +43,17 @@ def main() -> int:
         return 2
     logs.setup(settings.rlm_log_level)
     _last_for_the_oom_killer()
+    worker = WorkerInfo.from_env()
+    count = workers.worker_count(settings.rlm_workers)
+    if worker is None and count > 1:
+        return workers.supervise(settings.rlm_host, settings.rlm_port, count, settings.rlm_instance)
+    if worker is not None:
+        # Its own sandboxes (reaped at its start without touching its siblings') and holder.
+        settings = settings.model_copy(
+            update={"rlm_instance": f"{settings.rlm_instance}-w{worker.index}"}
+        )
     try:
-        app = create_app(settings)
+        app = create_app(settings, worker=worker)
     except ValueError as exc:  # e.g. an unusable RLM_SESSION_STORE
         print(f"rlm-py: invalid configuration: {exc}", file=sys.stderr)
         return 2
@@ -67,7 +79,10 @@ def main() -> int:
         original(sig, frame)
 
     server.handle_exit = handle_exit  # type: ignore[method-assign]
-    server.run()
+    if worker is None:
+        server.run()
+    else:  # the supervisor's port, and this worker's own socket for its siblings
+        server.run(sockets=[socket.socket(fileno=worker.fd), worker.own_socket()])
     return 0
 
 

@@ -27,6 +27,7 @@ from service.api import ops as ops_routes
 from service.api import responses as response_routes
 from service.api import sessions as session_routes
 from service.api.deps import Services
+from service.api.workers import WORKER_HEADER, Siblings, WorkerInfo
 from service.chat import ChatService
 from service.cloudwatch import CloudWatchPublisher, Readings
 from service.config import Settings
@@ -65,9 +66,11 @@ def error_response(exc: ServiceError, request_id: str | None = None) -> JSONResp
 class RequestContext:
     """Pure ASGI middleware: request id, metrics and one JSON log line per request."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, worker: int | None = None) -> None:
         self.app = app
         self.metrics = metrics
+        # With RLM_WORKERS: which worker answered, for operators (x-rlm-worker).
+        self.worker = None if worker is None else (WORKER_HEADER.encode(), str(worker).encode())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -85,6 +88,10 @@ class RequestContext:
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((REQUEST_ID_HEADER.encode(), rid.encode()))
+                if self.worker is not None and not any(
+                    k.lower() == self.worker[0] for k, _ in headers
+                ):
+                    headers.append(self.worker)
                 sid = scope["state"].get("session_id")
                 if sid and not any(k.lower() == SESSION_HEADER.encode() for k, _ in headers):
                     headers.append((SESSION_HEADER.encode(), sid.encode()))
@@ -135,7 +142,7 @@ def begin_drain(app: FastAPI) -> None:
     loop.call_soon_threadsafe(loop.call_later, grace, cancel_inflight)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, worker: WorkerInfo | None = None) -> FastAPI:
     # Bad prices are a configuration error (ValueError), before anything is started.
     prices = PriceTable.load(settings.rlm_prices_file, settings.rlm_prices)
     if settings.rlm_max_cost_usd is not None or settings.rlm_key_daily_usd is not None:
@@ -209,6 +216,7 @@ def create_app(settings: Settings) -> FastAPI:
             per_key=settings.responses_per_key,
             link_ttl_s=settings.rlm_session_ttl_s,
         ),
+        siblings=Siblings(worker) if worker is not None else None,
     )
     metrics.bind_gauges(
         sessions=lambda: len(sessions),
@@ -252,6 +260,8 @@ def create_app(settings: Settings) -> FastAPI:
             await sessions.close_all()
             await pool.close()
             await upstream.close()
+            if svc.siblings is not None:
+                await svc.siblings.close()
 
     app = FastAPI(
         title="rlm-py",
@@ -305,5 +315,7 @@ def create_app(settings: Settings) -> FastAPI:
         from service.ui import routes as ui_routes
 
         app.include_router(ui_routes.router)
-    app.add_middleware(RequestContext, metrics=metrics)
+    app.add_middleware(
+        RequestContext, metrics=metrics, worker=None if worker is None else worker.index
+    )
     return app

@@ -242,6 +242,17 @@ class ChatService:
                     f"session {session.id} is gone: {reason}. Start it over with a reset "
                     "(x-rlm-reset: true) or open a new session"
                 )
+            if stored is None and session.lease.token > 1 and not reset:
+                # Held before (a later token) and nothing stored: its holder stopped without
+                # a snapshot (killed, crashed). Its variables are gone: never serve the empty
+                # session as if it were the old one.
+                await durability.release(session.lease)
+                session.lease = None
+                raise SessionLost(
+                    f"session {session.id} is gone: the service process that held it stopped "
+                    "before saving it. Start it over with a reset (x-rlm-reset: true) or open a "
+                    "new session"
+                )
             if stored is not None and not stored.lost:
                 session.hibernated = True
         refuse_below_memory_floor(self.settings.rlm_min_free_mb)

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     rlm_cloudwatch_interval_s: float = Field(60.0, ge=1)
 
     # Sandboxes
+    # Service processes on the port (0: one per core); sessions are routed to their holder.
+    rlm_workers: int = Field(1, ge=0, le=256)
     rlm_sandbox: Literal["docker", "runsc", "local"] = "docker"
     rlm_sandbox_runtime: Literal["runsc", "runc"] = "runsc"
     rlm_sandbox_state_dir: str = "/var/lib/rlm-py"

@@ -30,7 +30,15 @@ from sandbox.pool import SandboxPool
 from service.durability import Durability
 from service.errors import NotFound, Overloaded, SessionLost
 from service.rlm.events import Event
-from service.store import Lease, SnapshotMeta, SnapshotTooLarge, StaleToken, StoreError
+from service.store import (
+    Lease,
+    LeaseInfo,
+    SnapshotMeta,
+    SnapshotTooLarge,
+    StaleToken,
+    StoreError,
+    StoreUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +256,19 @@ class SessionStore:
             if meta is not None:
                 return meta
         raise NotFound(f"no session {session_id!r}", param="session_id", code="session_not_found")
+
+    def holds(self, session_id: str, owner: str) -> bool:
+        """The session is live in this process."""
+        return (owner, session_id) in self._sessions
+
+    async def lease_of(self, session_id: str, owner: str) -> LeaseInfo | None:
+        """Who holds the session's lease now (None: no durability, no lease, store away)."""
+        if self.durability is None:
+            return None
+        try:
+            return await self.durability.leases.current(owner, session_id)
+        except StoreUnavailable:
+            return None
 
     def of_owner(self, owner: str) -> list[Session]:
         return [s for s in reversed(self._sessions.values()) if s.owner == owner]

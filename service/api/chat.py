@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from service.api import sse as sse_
-from service.api.deps import Caller, Services, ServicesDep, read_body
+from service.api.deps import Caller, Services, ServicesDep, forward_to_holder, read_body
 from service.api.progress import Progress
 from service.api.protocol import ChatCompletionRequest, chunk_body, completion_body
 from service.chat import TurnResult
@@ -112,13 +112,18 @@ async def chat_completions(request: Request, owner: Caller, svc: ServicesDep) ->
     # host's CPU and memory at once; large bodies are parsed off the event loop.
     async with svc.admission.parsing(len(raw)):
         req = await _parse_off_loop(raw) if len(raw) > PARSE_INLINE_BYTES else _parse(raw)
+    sid = _session_id(request, req, settings.rlm_cookie_sessions)
+    if sid is not None and svc.siblings is not None:
+        # RLM_WORKERS: a session live in a sibling worker is served there, where it lives.
+        forwarded = await forward_to_holder(request, svc, owner, sid, raw)
+        if forwarded is not None:
+            return forwarded
     del raw
     chat.check_model(req.model)
     chat.check_budget(owner)  # 429 budget_exceeded before any session or stream opens
     reset = request.headers.get(RESET_HEADER, "").lower() in ("1", "true", "yes") or bool(
         req.rlm and req.rlm.reset
     )
-    sid = _session_id(request, req, settings.rlm_cookie_sessions)
     session = await svc.sessions.open(sid, owner, reset=reset)
     request.scope["state"]["session_id"] = session.id
     rid = request.scope["state"]["request_id"]

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import time
 from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.responses import Response
 
 from sandbox.pool import SandboxPool
 from service.admission import Admission
+from service.api.workers import ROUTED_HEADER, Siblings
 from service.chat import ChatService
 from service.config import Settings
 from service.errors import PayloadTooLarge, Unauthorized
@@ -37,6 +40,8 @@ class Services:
     responses: ResponseStore
     # Turns in flight, so the shutdown drain can find and cancel them.
     inflight: set[asyncio.Task[object]] = field(default_factory=set)
+    # With RLM_WORKERS > 1: the sibling worker processes, to route a session to its holder.
+    siblings: Siblings | None = None
     loop: asyncio.AbstractEventLoop | None = None
 
 
@@ -112,3 +117,20 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"request body exceeds {limit} bytes (RLM_MAX_BODY_BYTES)")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def forward_to_holder(
+    request: Request, svc: Services, owner: str, session_id: str, body: bytes = b""
+) -> Response | None:
+    """RLM_WORKERS: the answer of the sibling worker that holds this session, or None when
+    it is served here (one worker, live here, held by no live sibling, or already routed)."""
+    siblings = svc.siblings
+    if siblings is None or ROUTED_HEADER in request.headers:
+        return None
+    if svc.sessions.holds(session_id, owner):
+        return None
+    info = await svc.sessions.lease_of(session_id, owner)
+    if info is None or info.expires_at <= time.time():
+        return None
+    path = siblings.address_of(info.holder)
+    return await siblings.forward(request, body, path) if path else None

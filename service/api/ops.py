@@ -10,7 +10,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.deps import MetricsDep, ServicesDep, SettingsDep, caller
+from service.api.deps import MetricsDep, ServicesDep, SettingsDep, caller, services
+from service.api.workers import ROUTED_HEADER, merge_metrics
 from service.constants import HEALTH_PATH, READY_PATH
 
 router = APIRouter()
@@ -49,4 +50,12 @@ async def metrics(m: MetricsDep, settings: SettingsDep, request: Request) -> Pla
     tokens: ``authorization.credentials``): its labels name models and error kinds."""
     if settings.public_bind:
         caller(settings, request)
-    return PlainTextResponse(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+    own = generate_latest(m.registry)
+    siblings = services(request).siblings
+    if siblings is None or ROUTED_HEADER in request.headers:
+        return PlainTextResponse(own, media_type=CONTENT_TYPE_LATEST)
+    # RLM_WORKERS: every worker's metrics in one scrape, labelled by worker.
+    texts = {str(siblings.info.index): own.decode()}
+    for index, body in await siblings.ask_all(request, "/metrics"):
+        texts[index] = body.decode("utf-8", "replace")
+    return PlainTextResponse(merge_metrics(texts), media_type=CONTENT_TYPE_LATEST)
