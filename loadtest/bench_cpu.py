@@ -87,8 +87,8 @@ def _is_runsc(p: Proc) -> bool:
 
 
 def group_of(pid: int, p: Proc, service_pid: int, ours: set[int], table: dict[int, Proc]) -> str:
-    if pid == service_pid:
-        return GROUPS[0]
+    if pid == service_pid or (p.ppid == service_pid and "-m service" in p.cmd):
+        return GROUPS[0]  # the service, or its workers (RLM_WORKERS)
     if pid in ours or "loadtest.serve_upstream" in p.cmd:
         return GROUPS[5]
     if _is_runsc(p):
@@ -122,17 +122,20 @@ def cpu_by_group(
 async def pool_refilled(base_url: str, size: int, timeout_s: float = 180.0) -> None:
     """Wait until the warm pool is whole again and no sandbox is starting: the measured
     window must not pay for the refills of the warm-up's sandboxes."""
-    gauge = re.compile(r'^rlm_sandboxes\{state="(idle|starting)"\} ([0-9.e+]+)$', re.MULTILINE)
+    gauge = re.compile(r'^rlm_sandboxes\{state="(idle|starting)"[^}]*\} ([0-9.e+]+)$', re.MULTILINE)
     deadline = time.monotonic() + timeout_s
+    state: dict[str, float] = {}
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
         while time.monotonic() < deadline:
             text = (await client.get("/metrics")).text
-            state = {k: float(v) for k, v in gauge.findall(text)}
-            if state.get("starting", 1) == 0 and state.get("idle", 0) >= size:
+            state = {"idle": 0.0, "starting": 0.0}
+            for k, v in gauge.findall(text):  # summed over workers (RLM_WORKERS)
+                state[k] += float(v)
+            if state["starting"] == 0 and state["idle"] >= size:
                 await asyncio.sleep(2)  # the last start's own tail (runsc settling)
                 return
             await asyncio.sleep(0.5)
-    raise TimeoutError(f"the pool did not refill to {size} within {timeout_s:g}s")
+    raise TimeoutError(f"the pool did not refill to {size} within {timeout_s:g}s: {state}")
 
 
 async def measure(label: str, cfg: StackConfig, users: int, seconds: float) -> dict[str, Any]:
@@ -145,7 +148,8 @@ async def measure(label: str, cfg: StackConfig, users: int, seconds: float) -> d
             marks[at] = (processes(), busy_s(), time.perf_counter())
 
         async def settle() -> None:
-            await pool_refilled(stack.base_url, cfg.pool_size)
+            workers = int(cfg.env.get("RLM_WORKERS", "1"))
+            await pool_refilled(stack.base_url, cfg.pool_size * workers)
 
         res = await drive_service(
             stack.base_url, stack.api_key, users, seconds, f"cpu-{cfg.sandbox}",
@@ -214,18 +218,33 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         variants.append(
             (f"{sha} (docker)", StackConfig(sandbox="docker", env=env, service_dir=path, **base))
         )
-    variants += [
-        (f"this tree ({backend})", StackConfig(sandbox=backend, **base))
-        for backend in args.backends.split(",")
-    ]
-    return [await measure(label, cfg, args.users, args.seconds) for label, cfg in variants]
+    for spec in args.backends.split(","):
+        backend, _, workers = spec.partition(":")  # runsc:2 = RLM_WORKERS=2
+        if workers:
+            n = int(workers)
+            cfg = {**base, "pool_size": -(-base["pool_size"] // n), "env": {"RLM_WORKERS": workers}}
+            variants.append(
+                (f"this tree ({backend}, {n} workers)", StackConfig(sandbox=backend, **cfg))
+            )
+        else:
+            variants.append((f"this tree ({backend})", StackConfig(sandbox=backend, **base)))
+    out = []
+    for label, cfg in variants:
+        cfg.log_dir = ROOT / "logs" / "bench-cpu" / re.sub(r"\W+", "-", label).strip("-")
+        try:
+            out.append(await measure(label, cfg, args.users, args.seconds))
+        except Exception as exc:  # noqa: BLE001 - one failed variant must not hide the others
+            print(f"[bench_cpu] {label} failed: {exc} (logs in {cfg.log_dir})", file=sys.stderr)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--users", type=int, default=20)
-    parser.add_argument("--backends", default="docker,runsc")
+    parser.add_argument(
+        "--backends", default="docker,runsc", help="e.g. docker,runsc,runsc:2 (2 workers)"
+    )
     parser.add_argument("--baseline", default="HEAD~1", help="git ref, or none")
     args = parser.parse_args(argv)
     results = asyncio.run(run(args))

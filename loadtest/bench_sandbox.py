@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from loadtest.hostmem import host_kb
+from loadtest.hostmem import cgroup_memory_mb, host_kb
 from loadtest.samples import summary
 from sandbox.config import SandboxConfig
 from sandbox.pool import SandboxPool, launch
@@ -61,16 +61,14 @@ def host_rss_mb(container_id: str) -> float:
     return host_kb([container_id], "status", "VmRSS:")[container_id] / 1024
 
 
-def cgroup_mb(container_id: str) -> float:
-    """The container's memory cgroup usage less page cache, as ``docker stats`` reports it."""
-    from sandbox.docker_backend import client
+def cgroup_mb(process: object) -> float:
+    """The sandbox's memory cgroup usage less page cache, as ``docker stats`` reports it
+    (Docker's container, or the cgroup runsc made for RLM_SANDBOX=runsc)."""
+    from sandbox.runsc_backend import CGROUP_PARENT, RunscProcess
 
-    stats = client().api.stats(container_id, stream=False)
-    mem = stats.get("memory_stats", {})
-    cache = mem.get("stats", {}).get(
-        "inactive_file", mem.get("stats", {}).get("total_inactive_file", 0)
-    )
-    return (mem.get("usage", 0) - cache) / 2**20
+    name = getattr(process, "id", "")
+    group = f"{CGROUP_PARENT}/{name}" if isinstance(process, RunscProcess) else f"docker/{name}"
+    return cgroup_memory_mb(group)
 
 
 async def run(
@@ -88,10 +86,10 @@ async def run(
         t0 = time.perf_counter()
         handle = await launch(cfg)
         cold.append((time.perf_counter() - t0) * 1000)
-        if cfg.backend == "docker":
+        if cfg.backend in ("docker", "runsc"):
             await asyncio.sleep(0.5)
             cid = handle.process.id  # type: ignore[attr-defined]
-            idle_mb.append(cgroup_mb(cid))
+            idle_mb.append(cgroup_mb(handle.process))
             idle_pss.append(host_pss_mb(cid))
             idle_rss.append(host_rss_mb(cid))
         await handle.close()

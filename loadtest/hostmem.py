@@ -48,3 +48,21 @@ def host_kb(
         except OSError:
             continue
     return per
+
+
+def cgroup_memory_mb(group: str) -> float:
+    """A cgroup's memory use less its inactive page cache (what ``docker stats`` shows), in
+    MB; ``group`` is its path under the hierarchy (``docker/<id>``, ``rlm-py/<name>``).
+    cgroup v1's memory controller, else v2's unified one; NaN when it is not found."""
+    for base, usage, stat, inactive in (
+        ("/sys/fs/cgroup/memory", "memory.usage_in_bytes", "memory.stat", "total_inactive_file"),
+        ("/sys/fs/cgroup", "memory.current", "memory.stat", "inactive_file"),
+    ):
+        d = Path(base) / group
+        try:
+            used = int((d / usage).read_text())
+            stats = dict(line.split() for line in (d / stat).read_text().splitlines())
+        except (OSError, ValueError):
+            continue
+        return (used - int(stats.get(inactive, 0))) / 2**20
+    return float("nan")

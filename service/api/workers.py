@@ -229,6 +229,8 @@ def supervise(host: str, port: int, count: int, instance: str) -> int:
 
     def stop(signum: int, _frame: Any) -> None:
         nonlocal stopping
+        if stopping:  # once: a second SIGTERM would make uvicorn skip the drain
+            return
         stopping = True
         for proc in procs.values():
             with contextlib.suppress(ProcessLookupError):

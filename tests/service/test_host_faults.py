@@ -288,7 +288,7 @@ def daemon(docker_ready: None) -> Iterator[TestDaemon]:
 class Service:
     """``python -m service`` as a subprocess using the test daemon."""
 
-    def __init__(self, daemon: TestDaemon, up: ScriptedUpstream) -> None:
+    def __init__(self, daemon: TestDaemon, up: ScriptedUpstream, **extra: str) -> None:
         self.daemon = daemon
         self.instance = f"rlm-test-hostfault-{uuid.uuid4().hex[:8]}"
         self.port = free_port()
@@ -304,6 +304,7 @@ class Service:
             "RLM_SANDBOX_POOL_SIZE": "2", "RLM_INSTANCE": self.instance,
             "RLM_SANDBOX_MEMORY_MB": "256", "RLM_EXEC_TIMEOUT_S": "10",
             "RLM_SHUTDOWN_GRACE_S": "5", "RLM_TRAJECTORY_DIR": "", "RLM_MIN_FREE_MB": "0",
+            **extra,
         }  # fmt: skip
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -692,3 +693,34 @@ def test_full_disk_under_the_data_root(daemon: TestDaemon, service: Service) -> 
     print(f"\n[host-faults] full disk: 503 said {message!r}; "
           f"/readyz 200 {ready_s:.1f}s after space was freed")  # fmt: skip
     svc.assert_clean_exit()
+
+
+def test_runsc_backend_sandboxes_outlive_a_stopped_daemon(
+    daemon: TestDaemon, up: ScriptedUpstream
+) -> None:
+    """RLM_SANDBOX=runsc: Docker only lends the image. With the daemon stopped, a live
+    session keeps its variables and a new session still gets a sandbox."""
+    up.policy = repl_policy
+    svc = Service(daemon, up, RLM_SANDBOX="runsc", RLM_SANDBOX_POOL_SIZE="0")
+    try:
+        svc.wait_ready()
+        first = svc.chat("SET kept=K7")
+        assert first.status_code == 200 and answer(first) == "K7", first.text
+        sid = first.headers["x-rlm-session-id"]
+        assert svc.daemon.containers(svc.instance) == []  # nothing of ours in Docker
+        daemon.stop()
+        try:
+            again = svc.chat("GET kept", sid)
+            assert again.status_code == 200 and answer(again) == "K7", again.text
+            fresh = svc.chat("SET other=O1")  # a cold start, without the daemon
+            assert fresh.status_code == 200 and answer(fresh) == "O1", fresh.text
+            assert fresh.headers["x-rlm-session-id"] != sid
+        finally:
+            daemon.start()
+    finally:
+        assert svc.stop() == 0
+    names = subprocess.run(
+        ["runsc", "--root", "/var/lib/rlm-py/runsc", "list", "--quiet"],
+        capture_output=True, text=True,
+    ).stdout.split()  # fmt: skip
+    assert not [n for n in names if svc.instance in n]
