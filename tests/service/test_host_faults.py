@@ -718,7 +718,9 @@ def test_runsc_backend_sandboxes_outlive_a_stopped_daemon(
         finally:
             daemon.start()
     finally:
-        assert svc.stop() == 0
+        code = svc.stop()  # uvicorn re-raises the SIGTERM it drained on: -15 is a clean stop
+        assert code in (0, -signal.SIGTERM), svc.output()[-4000:]
+        assert "hibernated" in svc.output()  # the drain kept both sessions
     names = subprocess.run(
         ["runsc", "--root", "/var/lib/rlm-py/runsc", "list", "--quiet"],
         capture_output=True, text=True,
