@@ -222,19 +222,18 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         backend, _, workers = spec.partition(":")  # runsc:2 = RLM_WORKERS=2
         if workers:
             n = int(workers)
-            cfg = {**base, "pool_size": -(-base["pool_size"] // n), "env": {"RLM_WORKERS": workers}}
-            variants.append(
-                (f"this tree ({backend}, {n} workers)", StackConfig(sandbox=backend, **cfg))
-            )
+            split = {**base, "pool_size": -(-base["pool_size"] // n)}
+            stack = StackConfig(sandbox=backend, env={"RLM_WORKERS": workers}, **split)
+            variants.append((f"this tree ({backend}, {n} workers)", stack))
         else:
             variants.append((f"this tree ({backend})", StackConfig(sandbox=backend, **base)))
     out = []
-    for label, cfg in variants:
-        cfg.log_dir = ROOT / "logs" / "bench-cpu" / re.sub(r"\W+", "-", label).strip("-")
+    for label, variant in variants:
+        variant.log_dir = ROOT / "logs" / "bench-cpu" / re.sub(r"\W+", "-", label).strip("-")
         try:
-            out.append(await measure(label, cfg, args.users, args.seconds))
+            out.append(await measure(label, variant, args.users, args.seconds))
         except Exception as exc:  # noqa: BLE001 - one failed variant must not hide the others
-            print(f"[bench_cpu] {label} failed: {exc} (logs in {cfg.log_dir})", file=sys.stderr)
+            print(f"[bench_cpu] {label} failed: {exc} ({variant.log_dir})", file=sys.stderr)
     return out
 
 
