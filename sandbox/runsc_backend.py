@@ -259,13 +259,12 @@ async def _export(cfg: SandboxConfig, image_id: str) -> Path:
     target = rootfs_dir / image_id.replace("sha256:", "")[:16]
     if (target / "etc").is_dir():
         return target
-    rootfs_dir.mkdir(parents=True, exist_ok=True)
     partial = rootfs_dir / f".partial-{uuid.uuid4().hex[:8]}"
-    partial.mkdir()
     api = client().api
     t0 = time.perf_counter()
     created: dict[str, Any] | None = None
     try:
+        partial.mkdir(parents=True)
         created = await run_blocking(api.create_container, image_id, command=["true"])
         tar = await asyncio.create_subprocess_exec(
             "tar", "-x", "-C", str(partial), "--no-same-owner" if os.geteuid() else "-p",
@@ -288,6 +287,10 @@ async def _export(cfg: SandboxConfig, image_id: str) -> Path:
                 raise
     except docker.errors.DockerException as exc:
         raise SandboxUnavailable(f"Docker failed to export the sandbox image: {exc}") from exc
+    except OSError as exc:  # the state directory is not writable, full, or tar is missing
+        raise SandboxStartError(
+            f"could not unpack the sandbox image into {rootfs_dir}: {exc} (RLM_SANDBOX_STATE_DIR)"
+        ) from exc
     finally:
         shutil.rmtree(partial, ignore_errors=True)
         if created is not None:

@@ -22,7 +22,7 @@ from loadtest.hostmem import cmdlines
 from sandbox import runsc_backend
 from sandbox.config import SandboxConfig
 from sandbox.docker_backend import DockerProcess
-from sandbox.errors import SandboxLost
+from sandbox.errors import SandboxLost, SandboxStartError
 from sandbox.pool import SandboxPool, launch
 from sandbox.runsc_backend import RunscProcess, state_paths
 
@@ -230,3 +230,27 @@ def test_runtime_flags_come_from_dockers_runtime(runsc_cfg: SandboxConfig) -> No
     daemon = json.loads(Path("/etc/docker/daemon.json").read_text())
     expected = [a for a in daemon["runtimes"]["runsc"].get("runtimeArgs", []) if "network" not in a]
     assert flags == [*expected, "--network=none"]
+
+
+async def test_an_unusable_state_dir_is_a_start_error(
+    runsc_cfg: SandboxConfig, tmp_path: Path
+) -> None:
+    """The image cannot be unpacked (a file where the directory should be): a start error
+    naming the setting, nothing left behind, and the pool says why it is not ready."""
+    blocker = tmp_path / "state"
+    blocker.write_text("not a directory")
+    cfg = dataclasses.replace(runsc_cfg, state_dir=str(blocker), image=runsc_cfg.image)
+    runsc_backend._images.clear()  # force the export of the image for this state dir
+    with pytest.raises(SandboxStartError, match="RLM_SANDBOX_STATE_DIR"):
+        await launch(cfg)
+    pool = SandboxPool(cfg, size=1)
+    await pool.start()
+    try:
+        deadline = time.monotonic() + 10
+        while pool.last_error is None and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        assert pool.last_error is not None and "RLM_SANDBOX_STATE_DIR" in pool.last_error
+        assert not pool.ready
+    finally:
+        await pool.close()
+        runsc_backend._images.clear()
