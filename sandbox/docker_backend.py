@@ -29,7 +29,13 @@ from docker.types import Ulimit
 
 from sandbox.config import SandboxConfig
 from sandbox.errors import SandboxStartError, SandboxUnavailable
-from sandbox.process import SandboxProcess, find_cpu_file, read_cpu_file, worker_args
+from sandbox.process import (
+    SandboxProcess,
+    find_cpu_file,
+    read_cpu_file,
+    start_shielded,
+    worker_args,
+)
 
 log = logging.getLogger(__name__)
 
@@ -173,16 +179,7 @@ class DockerProcess(SandboxProcess):
         Cancellation-safe: the SDK calls run in threads that finish regardless, so when the
         caller is cancelled (a pool shutting down) the start completes and is then removed.
         """
-        task = asyncio.ensure_future(cls._spawn(cfg, session))
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            proc = None
-            with contextlib.suppress(Exception):  # the start failed: nothing was left behind
-                proc = await task
-            if proc is not None:
-                await proc.close()
-            raise
+        return await start_shielded(cls._spawn(cfg, session))
 
     @classmethod
     async def _spawn(cls, cfg: SandboxConfig, session: str) -> DockerProcess:

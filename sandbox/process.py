@@ -16,7 +16,9 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import TypeVar
 
 from sandbox.config import SandboxConfig
 from sandbox.errors import SandboxStartError
@@ -24,6 +26,7 @@ from sandbox.errors import SandboxStartError
 log = logging.getLogger(__name__)
 
 WORKER_PATH = Path(__file__).with_name("worker.py")
+P = TypeVar("P", bound="SandboxProcess")
 
 
 def worker_args(cfg: SandboxConfig) -> list[str]:
@@ -73,6 +76,21 @@ def read_cpu_file(found: tuple[str, str]) -> float | None:
         if line.startswith(b"usage_usec "):
             return int(line.split()[1]) / 1e6
     return None
+
+
+async def start_shielded(start: Awaitable[P]) -> P:
+    """Await a sandbox's start so that cancelling the caller (a pool shutting down) lets a
+    start already under way complete, and then closes what it started: nothing leaks."""
+    task = asyncio.ensure_future(start)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        proc = None
+        with contextlib.suppress(Exception):  # the start failed: nothing was left behind
+            proc = await task
+        if proc is not None:
+            await proc.close()
+        raise
 
 
 class SandboxProcess(abc.ABC):

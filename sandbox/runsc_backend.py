@@ -52,6 +52,7 @@ from sandbox.process import (
     PipeProcess,
     find_cpu_file,
     read_cpu_file,
+    start_shielded,
     worker_args,
 )
 
@@ -342,6 +343,12 @@ class RunscProcess(PipeProcess):
 
     @classmethod
     async def spawn(cls, cfg: SandboxConfig, session: str = "") -> RunscProcess:
+        """Start ``runsc run``. Cancellation-safe: a start already under way completes and
+        is then closed, so a pool shutting down leaves no sandbox behind."""
+        return await start_shielded(cls._spawn(cfg, session))
+
+    @classmethod
+    async def _spawn(cls, cfg: SandboxConfig, session: str) -> RunscProcess:
         image = await _resolve_image(cfg)
         flags = await runtime_flags(cfg)
         root, bundles, _ = state_paths(cfg)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -136,3 +138,16 @@ def service_env(up: ScriptedUpstream, **extra: Any) -> dict[str, Any]:
         rlm_exec_hard_grace_s=5,
         **extra,
     )
+
+
+def terminate(proc: subprocess.Popen[Any], timeout_s: float = 90) -> int:
+    """SIGTERM a service process (it drains and removes its sandboxes), SIGKILL past
+    ``timeout_s``; its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    return proc.returncode

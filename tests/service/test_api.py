@@ -349,12 +349,31 @@ def test_per_session_queue_cap_and_fifo_order(server: ServiceServer, up: Scripte
             )
             outs[tag] = r
 
+    def seen(busy: bool, queued: int) -> None:
+        """Wait until the service shows the request just fired: the order is the arrival
+        order, and a thread's request may reach the server late on a loaded machine."""
+        deadline = time.monotonic() + 20
+        with httpx.Client(
+            base_url=server.url, headers={"authorization": f"Bearer {KEY}"}, timeout=20
+        ) as c:
+            while time.monotonic() < deadline:
+                r = c.get(f"/v1/sessions/{sid}")
+                if r.status_code == 200 and (r.json()["busy"], r.json()["queued"]) == (
+                    busy,
+                    queued,
+                ):
+                    return
+                time.sleep(0.02)
+        raise AssertionError(f"the session never showed busy={busy} queued={queued}")
+
     threads = []
-    for tag in ["a", "b", "c", "d"]:  # one runs, two wait (the cap), the fourth is refused
+    # One runs, two wait (the cap), the fourth is refused.
+    for tag, queued in (("a", 0), ("b", 1), ("c", 2), ("d", None)):
         t = threading.Thread(target=fire, args=(tag,))
         t.start()
         threads.append(t)
-        time.sleep(0.1)
+        if queued is not None:
+            seen(True, queued)
     for t in threads:
         t.join()
     assert (

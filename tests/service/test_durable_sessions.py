@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from loadtest.upstream import ScriptedUpstream, free_port, wait_until_up
-from tests.service.conftest import Router
+from tests.service.conftest import Router, terminate
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "key-durable"
@@ -78,14 +78,7 @@ class Service:
         return httpx.get(self.url + path, headers={"authorization": f"Bearer {KEY}"}, timeout=30)
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return terminate(self.proc)
 
     def logs(self) -> str:
         return Path(self.log.name).read_text(errors="replace")

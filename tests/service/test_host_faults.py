@@ -49,6 +49,7 @@ from loadtest.upstream import (
     wait_until_up,
 )
 from tests.conftest import IMAGE, RUNTIME
+from tests.service.conftest import terminate
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -340,15 +341,9 @@ class Service:
     def stop(self) -> int:
         """SIGTERM (the service removes its sandboxes), SIGKILL past a minute."""
         self.http.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        code = terminate(self.proc, timeout_s=60)
         self._log.close()
-        return self.proc.returncode
+        return code
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -22,7 +22,7 @@ import pytest
 
 from loadtest.upstream import ScriptedUpstream, free_port, wait_until_up
 from service.api.workers import run_dir
-from tests.service.conftest import Router
+from tests.service.conftest import Router, terminate
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "key-workers"
@@ -93,14 +93,7 @@ class Supervised:
         return Path(self.log.name).read_text(errors="replace")
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return terminate(self.proc)
 
 
 @pytest.fixture
