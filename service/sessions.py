@@ -37,7 +37,6 @@ from service.store import (
     SnapshotTooLarge,
     StaleToken,
     StoreError,
-    StoreUnavailable,
 )
 
 log = logging.getLogger(__name__)
@@ -262,12 +261,14 @@ class SessionStore:
         return (owner, session_id) in self._sessions
 
     async def lease_of(self, session_id: str, owner: str) -> LeaseInfo | None:
-        """Who holds the session's lease now (None: no durability, no lease, store away)."""
+        """Who holds the session's lease now (None: no durability, no lease, or the store
+        could not say: the request is then served here, where the store's faults are
+        reported as they are on every turn)."""
         if self.durability is None:
             return None
         try:
             return await self.durability.leases.current(owner, session_id)
-        except StoreUnavailable:
+        except StoreError:
             return None
 
     def of_owner(self, owner: str) -> list[Session]:
