@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import docker
 import httpx
 
 from loadtest.haystack import NEEDLE_QUERY, filler, magic_number, with_needle
@@ -96,7 +97,23 @@ def machine() -> str:
         "\n"
     )[0]
     return (f"{platform.machine()}, {os.cpu_count()} cores ({cpu}), {mem_gb:.0f} GiB, "
-            f"Linux {platform.release()}, Python {platform.python_version()}, {runsc or 'runsc ?'} (ptrace)")  # fmt: skip
+            f"Linux {platform.release()}, Python {platform.python_version()}, "
+            f"{runsc or 'runsc ?'} ({runsc_platform()})")  # fmt: skip
+
+
+def runsc_platform(runtime: str = "runsc") -> str:
+    """The platform Docker's runtime runs runsc on (its --platform flag; runsc's default
+    when it has none, systrap since 2023)."""
+    try:
+        info = docker.from_env().info()
+    except docker.errors.DockerException:
+        return "platform ?"
+    entry = (info.get("Runtimes") or {}).get(runtime)
+    if entry is None:
+        return "no such runtime"
+    args = entry.get("runtimeArgs") or []
+    flags = [a.split("=", 1)[1] for a in args if a.startswith("--platform=")]
+    return flags[-1] if flags else "default platform"
 
 
 # ---- 1. sandbox ----------------------------------------------------------------------
@@ -453,8 +470,14 @@ async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
     try:
         from loadtest import bench_cpu
 
+        # The other platform too, where the playbook registered one runtime per platform.
+        backends = "docker,runsc" + "".join(
+            f",runsc@runsc-{p}"
+            for p in ("ptrace", "systrap")
+            if p != runsc_platform() and runsc_platform(f"runsc-{p}") == p
+        )
         cpu_args = argparse.Namespace(
-            seconds=args.seconds, users=20, backends="docker,runsc", baseline=args.baseline
+            seconds=args.seconds, users=20, backends=backends, baseline=args.baseline
         )
         args.cpu_table = bench_cpu.table(await bench_cpu.run(cpu_args))
     except Exception as exc:  # noqa: BLE001 - one broken section must not hide the others

@@ -161,6 +161,7 @@ async def measure(label: str, cfg: StackConfig, users: int, seconds: float) -> d
     total = b1 - b0
     return {
         "label": label,
+        "users": users,
         "requests": res["completions"],
         "failures": res["failures"],
         "errors": res["errors"],
@@ -200,13 +201,24 @@ def table(results: list[dict[str, Any]]) -> str:
     extra = (
         ("not attributed (irq, softirq, short-lived)", lambda r: f"{r['unattributed_ms']:.2f}"),
         ("**whole machine (/proc/stat)**", lambda r: f"**{r['total_ms']:.2f}**"),
-        ("requests/s (20 users, reuse + reset)", lambda r: f"{r['rate']:.1f}"),
+        ("requests/s (reuse + reset)", lambda r: f"{r['rate']:.1f} ({r['users']} users)"),
         ("latency p50 / p95 (ms)", lambda r: f"{r['p50_ms']:.1f} / {r['p95_ms']:.1f}"),
         ("cores busy", lambda r: f"{r['cores_busy']:.2f}"),
         ("failed requests", lambda r: str(r["failures"])),
     )
     lines += [f"| {name} | " + " | ".join(fmt(r) for r in results) + " |" for name, fmt in extra]
     return "\n".join(lines)
+
+
+def parse_spec(spec: str) -> tuple[str, str, str]:
+    """``backend[@runtime][:workers]`` as (backend, runtime, workers), "" when not given:
+    runsc:2 is RLM_WORKERS=2; docker@runsc-systrap uses that Docker runtime (its runsc binary
+    and flags, for the runsc backend too)."""
+    head, _, workers = spec.strip().partition(":")
+    backend, _, runtime = head.partition("@")
+    if backend not in ("docker", "runsc", "local") or not (workers or "1").isdigit():
+        raise ValueError(f"not a variant: {spec!r} (backend[@runtime][:workers])")
+    return backend, runtime, workers
 
 
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -219,14 +231,16 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             (f"{sha} (docker)", StackConfig(sandbox="docker", env=env, service_dir=path, **base))
         )
     for spec in args.backends.split(","):
-        backend, _, workers = spec.partition(":")  # runsc:2 = RLM_WORKERS=2
+        backend, runtime, workers = parse_spec(spec)
+        name = f"{backend}, {runtime}" if runtime else backend
+        cfg = {**base, "runtime": runtime} if runtime else dict(base)
         if workers:
             n = int(workers)
-            split = {**base, "pool_size": -(-base["pool_size"] // n)}
+            split = {**cfg, "pool_size": -(-base["pool_size"] // n)}
             stack = StackConfig(sandbox=backend, env={"RLM_WORKERS": workers}, **split)
-            variants.append((f"this tree ({backend}, {n} workers)", stack))
+            variants.append((f"this tree ({name}, {n} workers)", stack))
         else:
-            variants.append((f"this tree ({backend})", StackConfig(sandbox=backend, **base)))
+            variants.append((f"this tree ({name})", StackConfig(sandbox=backend, **cfg)))
     out = []
     for label, variant in variants:
         variant.log_dir = ROOT / "logs" / "bench-cpu" / re.sub(r"\W+", "-", label).strip("-")
@@ -242,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument(
-        "--backends", default="docker,runsc", help="e.g. docker,runsc,runsc:2 (2 workers)"
+        "--backends",
+        default="docker,runsc",
+        help="backend[@docker runtime][:workers], e.g. docker,runsc,runsc:2,runsc@runsc-systrap",
     )
     parser.add_argument("--baseline", default="HEAD~1", help="git ref, or none")
     args = parser.parse_args(argv)

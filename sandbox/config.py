@@ -20,9 +20,9 @@ class SandboxConfig:
     """
 
     backend: str = "docker"  # docker | runsc (runsc as the OCI runtime, no daemon) | local
-    runtime: str = "runsc"  # runsc | runc: Docker's runtime; for backend runsc, whose flags
+    runtime: str = "runsc"  # Docker runtime: runc or runsc[-name] (the runsc backend: its flags)
     state_dir: str = "/var/lib/rlm-py"  # backend runsc: its state, bundles, exported image
-    runsc_path: str = "runsc"
+    runsc_path: str = ""  # backend runsc: its binary; empty = the one Docker runs for `runtime`
     image: str = DEFAULT_SANDBOX_IMAGE
     instance: str = "rlm-py"  # label value naming this service instance
     start_timeout_s: float = 20.0
@@ -35,6 +35,11 @@ class SandboxConfig:
     tmpfs_mb: int = 256
     nofile: int = 256
     fsize_mb: int = 256
+
+    @property
+    def gvisor(self) -> bool:
+        """The runtime is gVisor's (Docker runtimes named runsc, runsc-systrap, ...)."""
+        return self.runtime.startswith("runsc")
 
     @property
     def hard_timeout_s(self) -> float:

@@ -139,7 +139,7 @@ def max_procs(cfg: SandboxConfig) -> int:
     whole sandbox. The fork server (a parked spare REPL beside the live one) raises the
     baseline to about 50 idle and about 93 after many resets, so 96 are kept for it.
     """
-    if cfg.runtime == "runsc":
+    if cfg.gvisor:
         return max(2, (cfg.pids - 96) // 8)
     return max(2, cfg.pids - 8)
 
@@ -281,7 +281,7 @@ class DockerProcess(SandboxProcess):
             )
         if self._killed:
             return f"the sandbox was killed by the host (exit {code})"
-        if code == 2 and self._cfg.runtime == "runsc" and not self.diagnostics().strip():
+        if code == 2 and self._cfg.gvisor and not self.diagnostics().strip():
             # The worker would have said why (argparse, traceback); a silent exit 2 is
             # runsc itself failing, which under ptrace happens when its pids cap runs out.
             return (

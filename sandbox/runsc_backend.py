@@ -86,8 +86,11 @@ def state_paths(cfg: SandboxConfig) -> tuple[Path, Path, Path]:
 
 
 def runsc_command(cfg: SandboxConfig) -> list[str]:
-    """How runsc is invoked: directly as root, else through ``sudo -n``."""
-    return [cfg.runsc_path] if os.geteuid() == 0 else ["sudo", "-n", cfg.runsc_path]
+    """How runsc is invoked: directly as root, else through ``sudo -n``. The binary is
+    ``cfg.runsc_path`` when set, else the one Docker runs for the same runtime (once known):
+    both backends run one runsc, with one set of flags."""
+    binary = cfg.runsc_path or _runtimes.get(cfg.runtime, ("runsc", []))[0]
+    return [binary] if os.geteuid() == 0 else ["sudo", "-n", binary]
 
 
 def _tied_to_us() -> list[str]:
@@ -218,7 +221,7 @@ class _Image:
 
 _images: dict[str, _Image] = {}
 _image_lock = asyncio.Lock()
-_flags: dict[str, list[str]] = {}
+_runtimes: dict[str, tuple[str, list[str]]] = {}  # runtime name: (Docker's path, flags)
 
 
 async def _resolve_image(cfg: SandboxConfig) -> _Image:
@@ -316,16 +319,26 @@ def _prune(rootfs_dir: Path, keep: Path) -> None:
 
 
 async def runtime_flags(cfg: SandboxConfig) -> list[str]:
-    """runsc's global flags: Docker's for the same runtime, and never a network."""
-    if cfg.runtime not in _flags:
+    """runsc's global flags: Docker's for the same runtime, and never a network. Looked up
+    once; the binary Docker runs for it is kept too (see ``runsc_command``)."""
+    if cfg.runtime not in _runtimes:
         try:
             info = await run_blocking(client().info)
         except docker.errors.DockerException as exc:
             raise SandboxUnavailable(f"Docker is not reachable: {exc}") from exc
         entry = (info.get("Runtimes") or {}).get(cfg.runtime) or {}
         args = [a for a in entry.get("runtimeArgs") or [] if not a.startswith("--network")]
-        _flags[cfg.runtime] = [*args, "--network=none"]
-    return _flags[cfg.runtime]
+        _runtimes[cfg.runtime] = (str(entry.get("path") or "runsc"), [*args, "--network=none"])
+    return _runtimes[cfg.runtime][1]
+
+
+async def _learn_binary(cfg: SandboxConfig) -> None:
+    """Look up Docker's runsc before a command that may come before any start (the start-up
+    reaping, readiness): another runsc could not read this one's state. Best effort: without
+    Docker, ``runsc`` on PATH is used."""
+    if not cfg.runsc_path and cfg.runtime not in _runtimes:
+        with contextlib.suppress(SandboxUnavailable):
+            await runtime_flags(cfg)
 
 
 # ---- one sandbox ----------------------------------------------------------------------
@@ -516,6 +529,7 @@ async def reap(cfg: SandboxConfig) -> int:
     root, bundles, _ = state_paths(cfg)
     if not await asyncio.to_thread(root.exists):
         return 0
+    await _learn_binary(cfg)
     code, out = await runsc(cfg, "list", "--format=json")
     if code != 0:
         raise SandboxUnavailable(f"runsc list failed: {out.strip()[-300:]}")
@@ -543,6 +557,7 @@ async def reap(cfg: SandboxConfig) -> int:
 
 async def ping(cfg: SandboxConfig) -> float:
     """runsc answers (readiness): the time of ``runsc --version``."""
+    await _learn_binary(cfg)
     t0 = time.perf_counter()
     code, out = await runsc(cfg, "--version", timeout_s=5)
     if code != 0:

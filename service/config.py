@@ -52,7 +52,8 @@ class Settings(BaseSettings):
     # Service processes on the port (0: one per core); sessions are routed to their holder.
     rlm_workers: int = Field(1, ge=0, le=256)
     rlm_sandbox: Literal["docker", "runsc", "local"] = "docker"
-    rlm_sandbox_runtime: Literal["runsc", "runc"] = "runsc"
+    # A Docker runtime: runc, or gVisor's under a name starting with runsc (runsc-systrap...)
+    rlm_sandbox_runtime: str = Field("runsc", pattern=r"^(runc|runsc[A-Za-z0-9_.-]{0,40})$")
     rlm_sandbox_state_dir: str = "/var/lib/rlm-py"
     rlm_sandbox_image: str = DEFAULT_SANDBOX_IMAGE
     rlm_sandbox_pool_size: int = Field(8, ge=0)
@@ -139,10 +140,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _runsc_backend_runs_runsc(self) -> Settings:
-        if self.rlm_sandbox == "runsc" and self.rlm_sandbox_runtime != "runsc":
+        if self.rlm_sandbox == "runsc" and self.rlm_sandbox_runtime == "runc":
             raise ValueError(
                 "RLM_SANDBOX=runsc runs gVisor's runsc directly: RLM_SANDBOX_RUNTIME must be "
-                "runsc (use RLM_SANDBOX=docker for runc)"
+                "a runsc runtime (use RLM_SANDBOX=docker for runc)"
             )
         return self
 

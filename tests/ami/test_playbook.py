@@ -142,6 +142,14 @@ def test_runtime_role_starts_then_leaves_then_reloads_a_dockerd():
         assert '"--platform=ptrace","--network=none"' in subprocess.check_output(
             runtimes, text=True
         )
+        # One runtime a platform besides it, on the same binary, for benchmarks.
+        every = ["docker", "-H", sock, "info", "--format", "{{json .Runtimes}}"]
+        registered = json.loads(subprocess.check_output(every, text=True))
+        assert registered["runsc-systrap"]["runtimeArgs"] == [
+            "--platform=systrap",
+            "--network=none",
+        ]
+        assert registered["runsc-ptrace"]["path"] == registered["runsc"]["path"]
         pid = (home / "docker.pid").read_text().strip()
         live = ["docker", "-H", sock, "info", "--format", "{{.LiveRestoreEnabled}}"]
         assert subprocess.check_output(live, text=True).strip() == "true"

@@ -6,7 +6,18 @@ import os
 import subprocess
 import sys
 
-from loadtest.bench_cpu import GROUPS, Proc, busy_s, cpu_by_group, group_of, processes, table
+import pytest
+
+from loadtest.bench_cpu import (
+    GROUPS,
+    Proc,
+    busy_s,
+    cpu_by_group,
+    group_of,
+    parse_spec,
+    processes,
+    table,
+)
 
 
 def test_groups_by_command_line_and_parent() -> None:
@@ -45,7 +56,18 @@ def test_cpu_burnt_between_two_readings_is_found() -> None:
     assert 0.3 <= groups[GROUPS[0]] < 1.0
     assert busy1 - busy0 >= 0.3
     result = {"label": "x", "ms": dict.fromkeys(GROUPS, 1.0), "unattributed_ms": 0.0,
-              "total_ms": 7.0, "rate": 1.0, "p50_ms": 1.0, "p95_ms": 2.0, "cores_busy": 1.0,
+              "total_ms": 7.0, "rate": 1.0, "users": 3, "p50_ms": 1.0, "p95_ms": 2.0, "cores_busy": 1.0,
               "failures": 0}  # fmt: skip
     text = table([result])
     assert text.count("\n") == len(GROUPS) + 7 and "**7.00**" in text
+    assert "| 1.0 (3 users) |" in text
+
+
+def test_variant_specs_name_backend_runtime_and_workers() -> None:
+    assert parse_spec("docker") == ("docker", "", "")
+    assert parse_spec("runsc:2") == ("runsc", "", "2")
+    assert parse_spec("runsc@runsc-systrap") == ("runsc", "runsc-systrap", "")
+    assert parse_spec(" docker@runsc-ptrace:3") == ("docker", "runsc-ptrace", "3")
+    for bad in ("kata", "runsc:two", "@runsc"):
+        with pytest.raises(ValueError, match="not a variant"):
+            parse_spec(bad)

@@ -16,8 +16,12 @@ from loadtest.hostmem import RUNSC_PROCESSES, host_kb
 def sleeper() -> Iterator[str]:
     """A process whose command line names a fresh marker, as a shim names its container."""
     marker = f"rlm-hostmem-{uuid.uuid4().hex}"
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", marker])
+    code = "import time; print('ready', flush=True); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code, marker], stdout=subprocess.PIPE)
     try:
+        # Up and running: before its exec a child's command line is still ours, and on a
+        # loaded machine the first reading could come before it.
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
         yield marker
     finally:
         proc.kill()

@@ -248,10 +248,12 @@ async def test_reset_survives_an_attack_on_the_spare(sandbox: SandboxHandle, att
 async def test_a_lowered_limit_on_the_server_loses_the_sandbox(sandbox: SandboxHandle) -> None:
     """The server cannot undo it and every REPL it forks would inherit it. The spare forked
     before the change still serves; the next one finds the change before it serves anything,
-    and the sandbox ends (its reset may still get an answer: the loss shows just after)."""
+    and the sandbox ends (its reset may still get an answer: the loss shows just after).
+    FAMILY waits for that spare: on a loaded machine the first block can run before the
+    server has forked it, and a spare forked after the change rightly never serves."""
     await run(
         sandbox,
-        "import os, resource\nresource.prlimit(os.getppid(), resource.RLIMIT_NOFILE, (20, 20))",
+        FAMILY + "import resource\nresource.prlimit(SERVER, resource.RLIMIT_NOFILE, (20, 20))",
     )
     await sandbox.reset()
     out = await run(sandbox, "import resource\nprint(resource.getrlimit(resource.RLIMIT_NOFILE))")

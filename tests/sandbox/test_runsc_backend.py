@@ -102,6 +102,23 @@ async def test_the_effective_spec_is_dockers(docker_cfg: SandboxConfig) -> None:
             await b.close()
 
 
+@pytest.mark.parametrize("backend", ["docker", "runsc"])
+async def test_sandboxes_run_on_systrap_too(docker_cfg: SandboxConfig, backend: str) -> None:
+    """gVisor's own builds (the fleet's hosts) run systrap: on the runtime the playbook
+    registers for it, a sandbox boots on that platform, keeps variables, resets and stops."""
+    cfg = dataclasses.replace(docker_cfg, backend=backend, runtime="runsc-systrap")
+    box = await launch(cfg)
+    try:
+        name = box.process.id
+        assert "--platform=systrap" in boot_flags(sandbox_cmd(name)[1])
+        assert (await box.exec("x = 6 * 7\nx")).stdout == "42\n"
+        await box.reset()
+        assert "NameError" in (await box.exec("x")).stderr
+    finally:
+        await box.close()
+    assert not [c for _, c in cmdlines() if c.startswith("runsc") and name in c]
+
+
 async def test_the_channel_is_one_pipe_from_the_sandbox(runsc_cfg: SandboxConfig) -> None:
     """The worker writes its frames into a pipe this process reads: the runsc-sandbox
     process holds the other end itself, with no daemon or shim in between."""
@@ -225,11 +242,20 @@ async def test_interrupt_reaches_the_running_block(runsc_cfg: SandboxConfig) -> 
         await box.close()
 
 
-def test_runtime_flags_come_from_dockers_runtime(runsc_cfg: SandboxConfig) -> None:
-    flags = asyncio.run(runsc_backend.runtime_flags(runsc_cfg))
-    daemon = json.loads(Path("/etc/docker/daemon.json").read_text())
-    expected = [a for a in daemon["runtimes"]["runsc"].get("runtimeArgs", []) if "network" not in a]
+@pytest.mark.parametrize("runtime", ["runsc", "runsc-systrap"])
+def test_runtime_binary_and_flags_come_from_dockers_runtime(
+    runsc_cfg: SandboxConfig, runtime: str
+) -> None:
+    """Both backends run one runsc with one set of flags, for any runtime the playbook
+    registered (one a platform); an explicit runsc_path wins over Docker's."""
+    cfg = dataclasses.replace(runsc_cfg, runtime=runtime)
+    flags = asyncio.run(runsc_backend.runtime_flags(cfg))
+    entry = json.loads(Path("/etc/docker/daemon.json").read_text())["runtimes"][runtime]
+    expected = [a for a in entry.get("runtimeArgs", []) if "network" not in a]
     assert flags == [*expected, "--network=none"]
+    assert runsc_backend.runsc_command(cfg)[0] == entry["path"]
+    own = dataclasses.replace(cfg, runsc_path="/opt/other/runsc")
+    assert runsc_backend.runsc_command(own)[0] == "/opt/other/runsc"
 
 
 async def test_an_unusable_state_dir_is_a_start_error(

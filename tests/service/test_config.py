@@ -61,6 +61,24 @@ def test_bad_values_are_refused_with_the_setting_named(monkeypatch: pytest.Monke
         Settings(_env_file=None)  # type: ignore[call-arg]
 
 
+def test_sandbox_runtime_names_a_docker_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    """runc, or a gVisor runtime by any name starting with runsc (one a platform, as the
+    playbook registers them); the runsc backend refuses runc, anything else is refused."""
+    monkeypatch.setenv("RLM_SANDBOX", "runsc")
+    monkeypatch.setenv("RLM_SANDBOX_RUNTIME", "runsc-systrap")
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert s.sandbox_config().runtime == "runsc-systrap" and s.sandbox_config().gvisor
+    monkeypatch.setenv("RLM_SANDBOX_RUNTIME", "runc")
+    with pytest.raises(ValidationError, match="must be a runsc runtime"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    monkeypatch.setenv("RLM_SANDBOX", "docker")
+    assert not Settings(_env_file=None).sandbox_config().gvisor  # type: ignore[call-arg]
+    for bad in ("kata", "runsc --debug", "runsc/../x", ""):
+        monkeypatch.setenv("RLM_SANDBOX_RUNTIME", bad)
+        with pytest.raises(ValidationError, match="rlm_sandbox_runtime"):
+            Settings(_env_file=None)  # type: ignore[call-arg]
+
+
 def test_keys_are_secret_in_reprs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-abcdef123456")
     monkeypatch.setenv("RLM_API_KEYS", "client-key-1, client-key-2")
