@@ -116,6 +116,13 @@ def runsc_platform(runtime: str = "runsc") -> str:
     return flags[-1] if flags else "default platform"
 
 
+def other_platforms() -> list[str]:
+    """gVisor platforms Docker has a ``runsc-<platform>`` runtime for (the playbook registers
+    them) other than the one ``runsc`` runs on: the rows a host can add for comparison."""
+    here = runsc_platform()
+    return [p for p in ("ptrace", "systrap") if p != here and runsc_platform(f"runsc-{p}") == p]
+
+
 # ---- 1. sandbox ----------------------------------------------------------------------
 
 
@@ -128,9 +135,12 @@ async def sandbox_rows(quick: bool) -> list[dict[str, Any]]:
 
     rows: list[dict[str, Any]] = []
     got: list[dict[str, Any]] = []
-    for backend in ("docker", "runsc"):
-        cfg = SandboxConfig(backend=backend, instance=f"rlm-bench-{os.getpid()}")
-        suffix = "" if backend == "docker" else " [RLM_SANDBOX=runsc]"
+    variants = [("docker", "runsc", ""), ("runsc", "runsc", " [RLM_SANDBOX=runsc]")]
+    variants += [
+        ("runsc", f"runsc-{p}", f" [RLM_SANDBOX=runsc, {p}]") for p in other_platforms()
+    ]  # the platform the host does not run, where the playbook registered it
+    for backend, runtime, suffix in variants:
+        cfg = SandboxConfig(backend=backend, runtime=runtime, instance=f"rlm-bench-{os.getpid()}")
         try:
             found = await bench_sandbox.run(cfg, n=50 if quick else 200, starts=3 if quick else 10)
         except Exception as exc:  # noqa: BLE001 - one broken section must not hide the others
@@ -471,11 +481,7 @@ async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
         from loadtest import bench_cpu
 
         # The other platform too, where the playbook registered one runtime per platform.
-        backends = "docker,runsc" + "".join(
-            f",runsc@runsc-{p}"
-            for p in ("ptrace", "systrap")
-            if p != runsc_platform() and runsc_platform(f"runsc-{p}") == p
-        )
+        backends = "docker,runsc" + "".join(f",runsc@runsc-{p}" for p in other_platforms())
         cpu_args = argparse.Namespace(
             seconds=args.seconds, users=20, backends=backends, baseline=args.baseline
         )
