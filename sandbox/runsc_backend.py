@@ -326,7 +326,12 @@ async def runtime_flags(cfg: SandboxConfig) -> list[str]:
             info = await run_blocking(client().info)
         except docker.errors.DockerException as exc:
             raise SandboxUnavailable(f"Docker is not reachable: {exc}") from exc
-        entry = (info.get("Runtimes") or {}).get(cfg.runtime) or {}
+        entry = (info.get("Runtimes") or {}).get(cfg.runtime)
+        if not isinstance(entry, dict):  # not cached: a fixed daemon.json is seen next time
+            raise SandboxStartError(
+                f"Docker has no runtime {cfg.runtime!r} (RLM_SANDBOX_RUNTIME) to take runsc's "
+                "binary and flags from: register it in /etc/docker/daemon.json"
+            )
         args = [a for a in entry.get("runtimeArgs") or [] if not a.startswith("--network")]
         _runtimes[cfg.runtime] = (str(entry.get("path") or "runsc"), [*args, "--network=none"])
     return _runtimes[cfg.runtime][1]
@@ -337,7 +342,7 @@ async def _learn_binary(cfg: SandboxConfig) -> None:
     reaping, readiness): another runsc could not read this one's state. Best effort: without
     Docker, ``runsc`` on PATH is used."""
     if not cfg.runsc_path and cfg.runtime not in _runtimes:
-        with contextlib.suppress(SandboxUnavailable):
+        with contextlib.suppress(SandboxUnavailable, SandboxStartError):
             await runtime_flags(cfg)
 
 

@@ -258,6 +258,15 @@ def test_runtime_binary_and_flags_come_from_dockers_runtime(
     assert runsc_backend.runsc_command(own)[0] == "/opt/other/runsc"
 
 
+async def test_a_runtime_docker_does_not_have_is_a_start_error(runsc_cfg: SandboxConfig) -> None:
+    """A mistyped RLM_SANDBOX_RUNTIME must not run some runsc with default flags (another
+    platform, say): the start fails naming the setting, and nothing is left behind."""
+    cfg = dataclasses.replace(runsc_cfg, runtime="runsc-no-such-platform")
+    with pytest.raises(SandboxStartError, match="RLM_SANDBOX_RUNTIME"):
+        await launch(cfg)
+    assert not [c for _, c in cmdlines() if c.startswith("runsc") and cfg.instance in c]
+
+
 async def test_an_unusable_state_dir_is_a_start_error(
     runsc_cfg: SandboxConfig, tmp_path: Path
 ) -> None:
