@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import itertools
 import json
 import os
@@ -101,14 +102,28 @@ def machine() -> str:
             f"{runsc or 'runsc ?'} ({runsc_platform()})")  # fmt: skip
 
 
+@functools.cache
+def _docker_runtimes() -> dict[str, Any] | None:
+    """Docker's runtimes, read once a run (None: Docker is not reachable)."""
+    try:
+        client = docker.from_env()
+    except docker.errors.DockerException:
+        return None
+    try:
+        return client.info().get("Runtimes") or {}
+    except docker.errors.DockerException:
+        return None
+    finally:
+        client.close()
+
+
 def runsc_platform(runtime: str = "runsc") -> str:
     """The platform Docker's runtime runs runsc on (its --platform flag; runsc's default
     when it has none, systrap since 2023)."""
-    try:
-        info = docker.from_env().info()
-    except docker.errors.DockerException:
+    runtimes = _docker_runtimes()
+    if runtimes is None:
         return "platform ?"
-    entry = (info.get("Runtimes") or {}).get(runtime)
+    entry = runtimes.get(runtime)
     if entry is None:
         return "no such runtime"
     args = entry.get("runtimeArgs") or []
