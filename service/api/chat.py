@@ -18,14 +18,22 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from service.api import sse as sse_
-from service.api.deps import Caller, Services, ServicesDep, forward_to_holder, read_body
+from service.api.deps import (
+    Caller,
+    Services,
+    ServicesDep,
+    forward_to_holder,
+    named_session,
+    read_body,
+    with_session,
+)
 from service.api.progress import Progress
 from service.api.protocol import ChatCompletionRequest, chunk_body, completion_body
 from service.chat import TurnResult
-from service.constants import COST_HEADER, RESET_HEADER, SESSION_COOKIE, SESSION_HEADER
+from service.constants import COST_HEADER, RESET_HEADER
 from service.errors import BadRequest, ServiceError, ShuttingDown
 from service.rlm.events import Event
-from service.sessions import Session, valid_session_id
+from service.sessions import Session
 
 router = APIRouter()
 STREAM_PIECE_CHARS = 2000
@@ -50,28 +58,6 @@ def _parse(body: bytes) -> ChatCompletionRequest:
 
 async def _parse_off_loop(body: bytes) -> ChatCompletionRequest:
     return await asyncio.to_thread(_parse, body)
-
-
-def _session_id(request: Request, req: ChatCompletionRequest, cookies: bool) -> str | None:
-    """The session a request names: the header, else ``rlm.session_id``; the cookie only when
-    the operator allows it (RLM_COOKIE_SESSIONS). SDK clients keep cookies, so a cookie
-    alone would make every call of one client share (and queue on) one REPL."""
-    sid = request.headers.get(SESSION_HEADER) or (req.rlm.session_id if req.rlm else None)
-    if sid is None and cookies:
-        sid = request.cookies.get(SESSION_COOKIE)
-    if sid is not None and not valid_session_id(sid):
-        raise BadRequest(
-            "invalid session id: use 1-128 characters of letters, digits, '.', '_' or '-' "
-            f"({SESSION_HEADER})",
-            param=SESSION_HEADER,
-        )
-    return sid
-
-
-def _session_headers(response: Response, session: Session) -> None:
-    # The cookie also keeps the load balancer's stickiness (infra/ uses the same name).
-    response.headers[SESSION_HEADER] = session.id
-    response.set_cookie(SESSION_COOKIE, session.id, httponly=True, samesite="lax", path="/")
 
 
 def _track(svc: Services, coro: Coroutine[Any, Any, TurnResult]) -> asyncio.Task[TurnResult]:
@@ -112,7 +98,8 @@ async def chat_completions(request: Request, owner: Caller, svc: ServicesDep) ->
     # host's CPU and memory at once; large bodies are parsed off the event loop.
     async with svc.admission.parsing(len(raw)):
         req = await _parse_off_loop(raw) if len(raw) > PARSE_INLINE_BYTES else _parse(raw)
-    sid = _session_id(request, req, settings.rlm_cookie_sessions)
+    in_body = req.rlm.session_id if req.rlm else None
+    sid = named_session(request, in_body, cookies=settings.rlm_cookie_sessions)
     if sid is not None and svc.siblings is not None:
         # RLM_WORKERS: a session live in a sibling worker is served there, where it lives.
         forwarded = await forward_to_holder(request, svc, owner, sid, raw)
@@ -136,7 +123,7 @@ async def chat_completions(request: Request, owner: Caller, svc: ServicesDep) ->
             media_type=sse_.MEDIA_TYPE,
             headers=sse_.HEADERS,
         )
-        _session_headers(response, session)
+        with_session(response, session.id)
         return response
 
     work = _track(svc, chat.complete(req, session, reset=reset, request_id=rid))
@@ -162,7 +149,7 @@ async def chat_completions(request: Request, owner: Caller, svc: ServicesDep) ->
     if result.trajectory is not None:
         body["rlm"]["trajectory"] = result.trajectory
     reply = JSONResponse(body)
-    _session_headers(reply, session)
+    with_session(reply, session.id)
     cost = result.rlm.get("cost_usd")
     # For clients that drop the body's extensions (LangChain's ChatOpenAI reads headers with
     # include_response_headers=True); "unknown" when a model had no price.

@@ -21,10 +21,11 @@ from service.admission import Admission
 from service.api.workers import ROUTED_HEADER, Siblings
 from service.chat import ChatService
 from service.config import Settings
-from service.errors import PayloadTooLarge, Unauthorized
+from service.constants import SESSION_COOKIE, SESSION_HEADER
+from service.errors import BadRequest, PayloadTooLarge, Unauthorized
 from service.metrics import Metrics
 from service.responses import ResponseStore
-from service.sessions import SessionStore, owner_of
+from service.sessions import SessionStore, owner_of, valid_session_id
 
 
 @dataclass
@@ -117,6 +118,30 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"request body exceeds {limit} bytes (RLM_MAX_BODY_BYTES)")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def named_session(request: Request, in_body: str | None, *, cookies: bool) -> str | None:
+    """The session a request names: the header, else the body's ``rlm.session_id``; the
+    cookie only when the operator allows it (RLM_COOKIE_SESSIONS). SDK clients keep cookies,
+    so a cookie alone would make every call of one client share (and queue on) one REPL."""
+    sid = request.headers.get(SESSION_HEADER) or in_body
+    if sid is None and cookies:
+        sid = request.cookies.get(SESSION_COOKIE)
+    if sid is not None and not valid_session_id(sid):
+        raise BadRequest(
+            "invalid session id: use 1-128 characters of letters, digits, '.', '_' or '-' "
+            f"({SESSION_HEADER})",
+            param=SESSION_HEADER,
+        )
+    return sid
+
+
+def with_session(response: Response, session_id: str) -> Response:
+    """``response`` naming its session: the header, and the cookie that also keeps the load
+    balancer's stickiness (infra/ uses the same name), so polls come back to this host."""
+    response.headers[SESSION_HEADER] = session_id
+    response.set_cookie(SESSION_COOKIE, session_id, httponly=True, samesite="lax", path="/")
+    return response
 
 
 async def forward_to_holder(

@@ -20,13 +20,12 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from service.api import sse as sse_
-from service.api.deps import Caller, Services, ServicesDep, read_body
+from service.api.deps import Caller, Services, ServicesDep, named_session, read_body, with_session
 from service.api.progress import Progress
 from service.api.protocol import ResponsesRequest
-from service.constants import RESET_HEADER, SESSION_COOKIE, SESSION_HEADER
+from service.constants import RESET_HEADER, SESSION_HEADER
 from service.errors import BadRequest, ShuttingDown
 from service.responses import ResponseRun
-from service.sessions import valid_session_id
 
 router = APIRouter()
 # Bodies larger than this are parsed in a thread (about 1 ms of parsing on the loop).
@@ -60,7 +59,9 @@ def _parse(body: bytes) -> ResponsesRequest:
 def _session_id(request: Request, req: ResponsesRequest, svc: Services, owner: str) -> str | None:
     """The session this turn runs in: ``previous_response_id``'s (OpenAI's way to chain
     turns), else the header or ``rlm.session_id``, else (RLM_COOKIE_SESSIONS) the cookie."""
-    named = request.headers.get(SESSION_HEADER) or (req.rlm.session_id if req.rlm else None)
+    chained = req.previous_response_id is not None
+    cookies = svc.settings.rlm_cookie_sessions and not chained
+    named = named_session(request, req.rlm.session_id if req.rlm else None, cookies=cookies)
     if req.previous_response_id is not None:
         linked = svc.responses.session_of(req.previous_response_id, owner)
         if named is not None and named != linked:
@@ -70,22 +71,7 @@ def _session_id(request: Request, req: ResponsesRequest, svc: Services, owner: s
                 param="previous_response_id",
             )
         return linked
-    if named is None and svc.settings.rlm_cookie_sessions:
-        named = request.cookies.get(SESSION_COOKIE)
-    if named is not None and not valid_session_id(named):
-        raise BadRequest(
-            "invalid session id: use 1-128 characters of letters, digits, '.', '_' or '-' "
-            f"({SESSION_HEADER})",
-            param=SESSION_HEADER,
-        )
     return named
-
-
-def _with_session(response: Response, session_id: str) -> Response:
-    # The cookie also keeps the load balancer's stickiness: polls come back to this host.
-    response.headers[SESSION_HEADER] = session_id
-    response.set_cookie(SESSION_COOKIE, session_id, httponly=True, samesite="lax", path="/")
-    return response
 
 
 async def _until_disconnect(request: Request) -> None:
@@ -158,11 +144,11 @@ async def create_response(request: Request, owner: Caller, svc: ServicesDep) -> 
     task.add_done_callback(svc.inflight.discard)  # type: ignore[arg-type]
 
     if req.stream:
-        return _with_session(
+        return with_session(
             _event_stream(_stream(run, -1, foreground=not req.background)), session.id
         )
     if req.background:
-        return _with_session(JSONResponse(run.body()), session.id)
+        return with_session(JSONResponse(run.body()), session.id)
     watcher = asyncio.ensure_future(_until_disconnect(request))
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -176,7 +162,7 @@ async def create_response(request: Request, owner: Caller, svc: ServicesDep) -> 
     if run.error is not None:
         raise run.error
     request.scope["state"]["tokens"] = (run.usage or {}).get("total_tokens")
-    return _with_session(JSONResponse(run.body()), session.id)
+    return with_session(JSONResponse(run.body()), session.id)
 
 
 @router.get("/v1/responses/{response_id}", response_model=None)
