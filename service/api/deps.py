@@ -50,26 +50,32 @@ def services(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
-ServicesDep = Annotated[Services, Depends(services)]
+# The dependencies are ``async def``: FastAPI runs a plain ``def`` dependency in its thread
+# pool, a thread hop per dependency per request for what is an attribute read.
+async def _services(request: Request) -> Services:
+    return services(request)
 
 
-def _settings(request: Request) -> Settings:
+ServicesDep = Annotated[Services, Depends(_services)]
+
+
+async def _settings(request: Request) -> Settings:
     return services(request).settings
 
 
-def _chat(request: Request) -> ChatService:
+async def _chat(request: Request) -> ChatService:
     return services(request).chat
 
 
-def _sessions(request: Request) -> SessionStore:
+async def _sessions(request: Request) -> SessionStore:
     return services(request).sessions
 
 
-def _pool(request: Request) -> SandboxPool:
+async def _pool(request: Request) -> SandboxPool:
     return services(request).pool
 
 
-def _metrics(request: Request) -> Metrics:
+async def _metrics(request: Request) -> Metrics:
     return services(request).metrics
 
 
@@ -80,7 +86,7 @@ PoolDep = Annotated[SandboxPool, Depends(_pool)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 
 
-def caller(settings: SettingsDep, request: Request) -> str:
+def authenticate(settings: Settings, request: Request) -> str:
     """The caller's owner tag; 401 unless a configured key is presented (when keys are set)."""
     keys = settings.api_keys
     if not keys:
@@ -98,6 +104,10 @@ def caller(settings: SettingsDep, request: Request) -> str:
             "a valid API key is required: Authorization: Bearer <key> (RLM_API_KEYS)"
         )
     return owner_of(token)
+
+
+async def caller(settings: SettingsDep, request: Request) -> str:
+    return authenticate(settings, request)
 
 
 Caller = Annotated[str, Depends(caller)]

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.deps import MetricsDep, ServicesDep, SettingsDep, caller, services
+from service.api.deps import MetricsDep, ServicesDep, SettingsDep, authenticate, services
 from service.api.workers import ROUTED_HEADER, merge_metrics
 from service.constants import HEALTH_PATH, READY_PATH
 
@@ -49,7 +49,7 @@ async def metrics(m: MetricsDep, settings: SettingsDep, request: Request) -> Pla
     """Prometheus text. Off loopback it takes a key like the API (Prometheus sends bearer
     tokens: ``authorization.credentials``): its labels name models and error kinds."""
     if settings.public_bind:
-        caller(settings, request)
+        authenticate(settings, request)
     own = generate_latest(m.registry)
     siblings = services(request).siblings
     if siblings is None or ROUTED_HEADER in request.headers:
