@@ -59,8 +59,8 @@ def _parse(body: bytes) -> ResponsesRequest:
 def _session_id(request: Request, req: ResponsesRequest, svc: Services, owner: str) -> str | None:
     """The session this turn runs in: ``previous_response_id``'s (OpenAI's way to chain
     turns), else the header or ``rlm.session_id``, else (RLM_COOKIE_SESSIONS) the cookie."""
-    chained = req.previous_response_id is not None
-    cookies = svc.settings.rlm_cookie_sessions and not chained
+    # A chained turn's session is its previous response's: a cookie does not override it.
+    cookies = svc.settings.rlm_cookie_sessions and req.previous_response_id is None
     named = named_session(request, req.rlm.session_id if req.rlm else None, cookies=cookies)
     if req.previous_response_id is not None:
         linked = svc.responses.session_of(req.previous_response_id, owner)
