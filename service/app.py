@@ -162,6 +162,8 @@ def create_app(settings: Settings, worker: WorkerInfo | None = None) -> FastAPI:
         timeout_s=settings.rlm_upstream_timeout_s,
         retries=settings.rlm_upstream_retries,
         concurrency=settings.rlm_upstream_concurrency,
+        organization=settings.openai_org_id,
+        project=settings.openai_project_id,
     )
     upstream.on_completion = lambda c: metrics.observe_completion(
         c.model, c.prompt_tokens, c.completion_tokens, cached_tokens=c.cached_tokens,

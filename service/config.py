@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     # Upstream model API
     openai_api_key: SecretStr | None = None
     openai_base_url: str | None = None
+    # Sent as OpenAI-Organization / OpenAI-Project when set (the SDK's variable names).
+    openai_org_id: str | None = None
+    openai_project_id: str | None = None
     rlm_root_model: str = "gpt-5"
     rlm_sub_model: str = "gpt-5-mini"
     rlm_served_models: str = Field("", description="comma list; default: 'rlm' and the root model")
@@ -110,6 +113,8 @@ class Settings(BaseSettings):
     @field_validator(
         "openai_api_key",
         "openai_base_url",
+        "openai_org_id",
+        "openai_project_id",
         "rlm_trajectory_dir",
         "rlm_max_total_tokens",
         "rlm_prices_file",

@@ -1,21 +1,21 @@
-"""The upstream retry policy (service/rlm/upstream.py) and the translation of SDK errors.
+"""The upstream retry policy (service/rlm/upstream.py) and the translation of failures.
 
 ``should_retry`` decides which failures get another try, ``backoff_s`` how long to wait
-(full jitter, or the server's Retry-After when it is sane), ``_retry_after`` reads the
-header, ``_describe`` / ``_completion`` turn foreign errors and bodies into ``UpstreamError``.
-The last tests drive ``Upstream.complete`` with a fake transport and no sleeping, to check
-that the loop applies the policy (attempt count, delays, the raised error).
+(full jitter, or the server's Retry-After when it is sane), ``status_error`` reads an error
+answer (message, delay), ``_describe`` / ``_completion`` turn failures and bodies into
+``UpstreamError``. The last tests drive ``Upstream.complete`` with a fake ``post`` and no
+sleeping, to check that the loop applies the policy (attempt count, delays, the raised
+error). tests/service/test_upstream_http.py drives the same client over real HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-import httpx
-import openai
 import pytest
 
 from service.errors import UpstreamError
@@ -24,31 +24,32 @@ from service.rlm.upstream import (
     BACKOFF_BASE_S,
     BACKOFF_MAX_S,
     RETRY_STATUSES,
+    AttemptError,
+    MalformedResponse,
+    StatusError,
+    TimedOut,
+    Unreachable,
     Upstream,
     backoff_s,
     should_retry,
 )
 
-REQUEST = httpx.Request("POST", "https://upstream.example/v1/chat/completions")
 HTTP_DATE = "Wed, 21 Oct 2015 07:28:00 GMT"
 
 
 def status_error(
-    status: int,
-    headers: dict[str, str] | None = None,
-    cls: type[openai.APIStatusError] = openai.APIStatusError,
-    message: str = "upstream said no",
-) -> openai.APIStatusError:
-    response = httpx.Response(status, headers=headers or {}, request=REQUEST)
-    return cls(message, response=response, body=None)
+    status: int, headers: dict[str, str] | None = None, message: str = "upstream said no"
+) -> StatusError:
+    body = json.dumps({"error": {"message": message, "type": "x"}}).encode()
+    return upstream.status_error(status, body, headers)
 
 
-def timeout_error() -> openai.APITimeoutError:
-    return openai.APITimeoutError(request=REQUEST)
+def timeout_error() -> TimedOut:
+    return TimedOut("no answer within 5 s")
 
 
-def connection_error() -> openai.APIConnectionError:
-    return openai.APIConnectionError(request=REQUEST)
+def connection_error() -> Unreachable:
+    return Unreachable("Cannot connect to host upstream.example:443")
 
 
 def jitter_cap(attempt: int) -> float:
@@ -81,41 +82,16 @@ SHOULD_RETRY = [
     pytest.param(lambda: status_error(503), True, id="503-unavailable"),
     pytest.param(lambda: status_error(504), True, id="504-gateway-timeout"),
     pytest.param(lambda: status_error(505), False, id="505-version"),
-    # The SDK's own subclasses go by their status code too.
-    pytest.param(
-        lambda: status_error(400, cls=openai.BadRequestError), False, id="BadRequestError"
-    ),
-    pytest.param(
-        lambda: status_error(401, cls=openai.AuthenticationError), False, id="AuthenticationError"
-    ),
-    pytest.param(
-        lambda: status_error(403, cls=openai.PermissionDeniedError), False, id="PermissionDenied"
-    ),
-    pytest.param(lambda: status_error(404, cls=openai.NotFoundError), False, id="NotFoundError"),
-    pytest.param(lambda: status_error(409, cls=openai.ConflictError), True, id="ConflictError"),
-    pytest.param(
-        lambda: status_error(422, cls=openai.UnprocessableEntityError), False, id="Unprocessable"
-    ),
-    pytest.param(lambda: status_error(429, cls=openai.RateLimitError), True, id="RateLimitError"),
-    pytest.param(
-        lambda: status_error(500, cls=openai.InternalServerError), True, id="InternalServerError"
-    ),
     # Transport failures.
-    pytest.param(timeout_error, True, id="sdk-timeout"),
-    pytest.param(connection_error, True, id="sdk-connection-error"),
-    # Everything else: no retry (a 200 with a bad body will not improve; foreign errors are
-    # not the SDK's and are not caught by the loop at all).
-    pytest.param(
-        lambda: openai.APIResponseValidationError(httpx.Response(200, request=REQUEST), None),
-        False,
-        id="response-validation-error",
-    ),
-    pytest.param(lambda: openai.OpenAIError("boom"), False, id="bare-openai-error"),
+    pytest.param(timeout_error, True, id="timed-out"),
+    pytest.param(connection_error, True, id="unreachable"),
+    pytest.param(lambda: MalformedResponse("<html>"), True, id="malformed"),
+    # Everything else: no retry (foreign errors are not caught by the loop at all).
+    pytest.param(lambda: AttemptError("boom"), False, id="bare-attempt-error"),
     pytest.param(lambda: ValueError("x"), False, id="ValueError"),
     pytest.param(lambda: TimeoutError(), False, id="builtin-TimeoutError"),
     pytest.param(lambda: ConnectionResetError(), False, id="builtin-ConnectionResetError"),
     pytest.param(lambda: asyncio.CancelledError(), False, id="CancelledError"),
-    pytest.param(lambda: httpx.ReadTimeout("raw", request=REQUEST), False, id="raw-httpx-timeout"),
 ]
 
 
@@ -221,7 +197,9 @@ RETRY_AFTER_HEADERS = [
     pytest.param({"Retry-After": "5s"}, None, id="unit-suffix"),
     pytest.param({"Retry-After": ""}, None, id="empty"),
     pytest.param({}, None, id="absent"),
-    pytest.param({"retry-after-ms": "500"}, None, id="ms-header-not-read"),
+    pytest.param({"retry-after-ms": "500"}, 0.5, id="openai-ms-header"),
+    pytest.param({"Retry-After-Ms": "1500", "Retry-After": "9"}, 1.5, id="ms-header-first"),
+    pytest.param({"retry-after-ms": "soon", "Retry-After": "9"}, 9.0, id="bad-ms-then-seconds"),
 ]
 
 
@@ -273,7 +251,7 @@ def test_delay_from_a_429(
 DESCRIBE = [
     pytest.param(timeout_error, ["'m1'", "timed out", "RLM_UPSTREAM_TIMEOUT_S"], id="timeout"),
     pytest.param(
-        connection_error, ["unreachable", "OPENAI_BASE_URL", "Connection error"], id="connection"
+        connection_error, ["unreachable", "OPENAI_BASE_URL", "Cannot connect"], id="connection"
     ),
     pytest.param(
         lambda: status_error(429, message="Rate limit reached"),
@@ -281,36 +259,37 @@ DESCRIBE = [
         id="status-429",
     ),
     pytest.param(
-        lambda: status_error(401, cls=openai.AuthenticationError, message="Incorrect API key"),
+        lambda: status_error(401, message="Incorrect API key"),
         ["'m1'", "answered 401", "Incorrect API key"],
         id="status-401",
     ),
     pytest.param(
-        lambda: openai.OpenAIError("weird"), ["upstream model call failed", "weird"], id="other"
+        lambda: MalformedResponse("not JSON"),
+        ["'m1'", "malformed completion", "not JSON"],
+        id="malformed",
+    ),
+    pytest.param(
+        lambda: AttemptError("weird"), ["upstream model call failed", "weird"], id="other"
     ),
 ]
 
 
 @pytest.mark.parametrize(("make", "parts"), DESCRIBE)
-def test_describe(make: Callable[[], openai.OpenAIError], parts: list[str]) -> None:
+def test_describe(make: Callable[[], AttemptError], parts: list[str]) -> None:
     text = upstream._describe(make(), "m1")
     for part in parts:
         assert part in text
-
-
-def test_timeout_is_not_described_as_a_connection_error() -> None:
-    # APITimeoutError subclasses APIConnectionError: the order of the checks matters.
-    assert "unreachable" not in upstream._describe(timeout_error(), "m1")
 
 
 @pytest.mark.parametrize(
     "make",
     [
         pytest.param(lambda: status_error(500, message="x" * 5000), id="status"),
-        pytest.param(lambda: openai.OpenAIError("y" * 5000), id="other"),
+        pytest.param(lambda: Unreachable("z" * 5000), id="unreachable"),
+        pytest.param(lambda: AttemptError("y" * 5000), id="other"),
     ],
 )
-def test_describe_bounds_the_upstream_message(make: Callable[[], openai.OpenAIError]) -> None:
+def test_describe_bounds_the_upstream_message(make: Callable[[], AttemptError]) -> None:
     assert len(upstream._describe(make(), "m1")) < 400
 
 
@@ -368,14 +347,17 @@ def test_malformed_completion_is_refused(resp: Any) -> None:
 
 
 class FakePost:
-    """Stands in for ``AsyncOpenAI.post``: raises the scripted errors, then answers."""
+    """Stands in for ``Upstream.post`` (one attempt): raises the scripted errors, then
+    answers."""
 
     def __init__(self, outcomes: list[BaseException | dict[str, Any]]) -> None:
         self.outcomes = outcomes
         self.calls = 0
+        self.timeouts: list[float] = []
 
-    async def __call__(self, path: str, **kwargs: Any) -> Any:
-        assert path == "/chat/completions"
+    async def __call__(self, body: dict[str, Any], timeout_s: float) -> Any:
+        assert body["model"] == "m1" and body["messages"][0]["content"] == "q"
+        self.timeouts.append(timeout_s)
         outcome = self.outcomes[min(self.calls, len(self.outcomes) - 1)]
         self.calls += 1
         if isinstance(outcome, BaseException):
@@ -398,7 +380,7 @@ def delays(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, float | None]]:
 
 @pytest.fixture(scope="module")
 async def shared_upstream() -> AsyncIterator[Upstream]:
-    """One client for the module (building one loads TLS settings: tens of milliseconds)."""
+    """One client for the module."""
     u = Upstream(
         api_key="sk-x", base_url="http://127.0.0.1:9/v1", timeout_s=5, retries=0, concurrency=4
     )
@@ -412,7 +394,7 @@ def make_upstream(
 ) -> Callable[..., Upstream]:
     def make(outcomes: list[BaseException | dict[str, Any]], retries: int = 3) -> Upstream:
         monkeypatch.setattr(shared_upstream, "retries", retries)
-        monkeypatch.setattr(shared_upstream.client, "post", FakePost(outcomes))
+        monkeypatch.setattr(shared_upstream, "post", FakePost(outcomes))
         return shared_upstream
 
     return make
@@ -442,7 +424,7 @@ async def test_loop_retries_then_answers(
     u = make_upstream(outcomes, retries)
     comp = await u.complete("m1", [{"role": "user", "content": "q"}])
     assert comp.text == "hi"
-    assert u.client.post.calls == calls  # type: ignore[attr-defined]
+    assert u.post.calls == calls  # type: ignore[attr-defined]
     assert delays == expected_delays
     assert u.in_flight == 0
 
@@ -454,9 +436,9 @@ GIVE_UP = [
     pytest.param(status_error(400), 3, 1, "answered 400", id="400-never-retried"),
     pytest.param(status_error(401), 3, 1, "answered 401", id="401-never-retried"),
     pytest.param(status_error(404), 3, 1, "answered 404", id="404-never-retried"),
-    pytest.param(
-        openai.OpenAIError("odd"), 3, 1, "upstream model call failed", id="other-sdk-error"
-    ),
+    pytest.param(MalformedResponse("<html>"), 2, 3, "malformed completion", id="garbage"),
+    pytest.param(connection_error(), 1, 2, "unreachable", id="unreachable"),
+    pytest.param(AttemptError("odd"), 3, 1, "upstream model call failed", id="other-failure"),
 ]
 
 
@@ -464,7 +446,7 @@ GIVE_UP = [
 async def test_loop_gives_up_with_an_upstream_error(
     make_upstream: Callable[..., Upstream],
     delays: list[tuple[int, float | None]],
-    error: openai.OpenAIError,
+    error: AttemptError,
     retries: int,
     calls: int,
     message: str,
@@ -473,7 +455,7 @@ async def test_loop_gives_up_with_an_upstream_error(
     with pytest.raises(UpstreamError, match=message) as info:
         await u.complete("m1", [{"role": "user", "content": "q"}])
     assert info.value.__cause__ is error
-    assert u.client.post.calls == calls  # type: ignore[attr-defined]
+    assert u.post.calls == calls  # type: ignore[attr-defined]
     assert [a for a, _ in delays] == list(range(calls - 1))
     assert u.in_flight == 0
 
@@ -483,7 +465,7 @@ async def test_malformed_body_is_retried_like_a_5xx(
 ) -> None:
     u = make_upstream([{"choices": 5}, _body()], 3)
     c = await u.complete("m1", [{"role": "user", "content": "q"}])
-    assert c.text == "hi" and u.client.post.calls == 2  # type: ignore[attr-defined]
+    assert c.text == "hi" and u.post.calls == 2  # type: ignore[attr-defined]
     assert len(delays) == 1
 
 
@@ -493,4 +475,46 @@ async def test_malformed_body_past_the_retries_is_a_502(
     u = make_upstream([{"choices": 5}] * 3, 2)
     with pytest.raises(UpstreamError, match="malformed") as info:
         await u.complete("m1", [{"role": "user", "content": "q"}])
-    assert info.value.status == 502 and u.client.post.calls == 3  # type: ignore[attr-defined]
+    assert info.value.status == 502 and u.post.calls == 3  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("call_timeout", "used"),
+    [
+        pytest.param(None, 5.0, id="the-client's"),
+        pytest.param(2.0, 2.0, id="a-shorter-deadline-wins"),
+        pytest.param(50.0, 5.0, id="never-longer-than-the-client's"),
+    ],
+)
+async def test_each_attempt_gets_the_call_timeout(
+    make_upstream: Callable[..., Upstream], call_timeout: float | None, used: float
+) -> None:
+    u = make_upstream([_body()], 0)
+    await u.complete("m1", [{"role": "user", "content": "q"}], timeout_s=call_timeout)
+    assert u.post.timeouts == [used]  # type: ignore[attr-defined]
+
+
+# ---- status_error: what an error answer says ------------------------------------------
+
+STATUS_BODIES = [
+    pytest.param(b'{"error": {"message": "Rate limit reached", "type": "x"}}', "Rate limit reached",
+                 id="openai-error-object"),
+    pytest.param(b'{"error": "plain string"}', "plain string", id="error-a-string"),
+    pytest.param(b'{"message": "flat"}', "flat", id="flat-object"),
+    pytest.param(b"<html><body>\n  502 Bad Gateway\n</body></html>",
+                 "<html><body> 502 Bad Gateway </body></html>", id="html-whitespace-folded"),
+    pytest.param(b"", "(no message)", id="empty"),
+    pytest.param(b"\xff\xfe bad bytes", "\ufffd\ufffd bad bytes", id="not-utf8"),
+    pytest.param(b'{"error": {"code": 5}}', '{"error": {"code": 5}}', id="no-message-field"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "message"), STATUS_BODIES)
+def test_status_error_reads_the_message(body: bytes, message: str) -> None:
+    err = upstream.status_error(503, body)
+    assert (err.status, err.message, err.retry_after) == (503, message, None)
+
+
+def test_status_error_bounds_the_message() -> None:
+    err = upstream.status_error(500, json.dumps({"error": {"message": "x" * 10**6}}).encode())
+    assert len(err.message) == upstream.MESSAGE_MAX_CHARS
