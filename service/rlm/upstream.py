@@ -191,7 +191,9 @@ class Upstream:
         # Made on the first call, inside the running loop (aiohttp binds to it).
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.concurrency),
+                # Idle connections are dropped before the 5 s of common servers (uvicorn
+                # under vLLM): reusing one the server is closing costs a retry.
+                connector=aiohttp.TCPConnector(limit=self.concurrency, keepalive_timeout=4),
                 cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
