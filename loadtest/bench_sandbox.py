@@ -18,6 +18,7 @@ import os
 import statistics
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from loadtest.hostmem import cgroup_memory_mb, host_kb
@@ -33,6 +34,8 @@ AIMS = {
     "load 100 MB": "< 1500 ms",
     "nested llm_query": "",
     "idle memory, container cgroup (MB)": "< 25 MB",
+    "start + first exec, cold boot": "p95 <= 300 ms",
+    "start + first exec, restored from a checkpoint": "p95 <= 300 ms",
 }
 
 
@@ -133,7 +136,62 @@ async def run(
         rows.append(_row("idle memory, container cgroup (MB)", idle_mb, unit="MB"))
         rows.append(_row("idle memory, host PSS of runsc+gofer+shim (MB)", idle_pss, unit="MB"))
         rows.append(_row("idle memory, host RSS of runsc+gofer+shim (MB)", idle_rss, unit="MB"))
+    if cfg.backend == "runsc":
+        rows += await restore_rows(cfg, starts)
     return rows
+
+
+async def restore_rows(cfg: SandboxConfig, starts: int) -> list[dict[str, Any]]:
+    """A new sandbox restored from a runsc checkpoint of a started worker, against a cold
+    boot: time to the first exec's answer and the whole machine's CPU per start,
+    alternating the two so both see the same machine."""
+    import tempfile
+
+    from loadtest.bench_cpu import busy_s
+    from sandbox import runsc_backend
+    from sandbox.handle import SandboxHandle
+    from sandbox.runsc_backend import RunscProcess
+
+    origin = await launch(cfg)
+    with tempfile.TemporaryDirectory(prefix="rlm-bench-checkpoint-") as tmp:
+        image = Path(tmp)
+        assert isinstance(origin.process, RunscProcess)
+        await origin.exec("1")
+        t0 = time.perf_counter()
+        await runsc_backend.checkpoint(origin.process, image)
+        saved_ms = (time.perf_counter() - t0) * 1000
+        await origin.close()
+        size_mb = await asyncio.to_thread(_tree_mb, image)
+        times: dict[str, list[float]] = {"cold boot": [], "restored from a checkpoint": []}
+        cpu: dict[str, list[float]] = {k: [] for k in times}
+
+        async def cold() -> SandboxHandle:
+            return await launch(cfg)
+
+        async def restored() -> SandboxHandle:
+            return await SandboxHandle.resume(
+                await RunscProcess.restore(cfg, image), cfg, origin.info
+            )
+
+        for _ in range(starts):
+            for kind, start in (("cold boot", cold), ("restored from a checkpoint", restored)):
+                c0, t0 = busy_s(), time.perf_counter()
+                handle = await start()
+                try:
+                    await handle.exec("1")
+                    times[kind].append((time.perf_counter() - t0) * 1000)
+                    cpu[kind].append((busy_s() - c0) * 1000)
+                finally:
+                    await handle.close()
+    rows = [_row(f"start + first exec, {k}", v) for k, v in times.items()]
+    rows += [_row(f"machine CPU per start, {k}", v) for k, v in cpu.items()]
+    rows.append(_row("checkpoint of a started worker (uncompressed)", [saved_ms]))
+    rows.append(_row("checkpoint image size (MB)", [size_mb], unit="MB"))
+    return rows
+
+
+def _tree_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
 
 def table(rows: list[dict[str, Any]], title: str = "") -> str:
@@ -148,7 +206,7 @@ def table(rows: list[dict[str, Any]], title: str = "") -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", default="docker", choices=["docker", "local"])
+    parser.add_argument("--backend", default="docker", choices=["docker", "runsc", "local"])
     parser.add_argument("--runtime", default="runsc")
     parser.add_argument("--image", default="rlm-sandbox:latest")
     parser.add_argument("-n", type=int, default=200, help="samples per round-trip measurement")

@@ -238,6 +238,32 @@ class SandboxHandle:
         handle.state = SandboxState.READY
         return handle
 
+    @classmethod
+    async def resume(
+        cls, process: SandboxProcess, cfg: SandboxConfig, info: dict[str, Any]
+    ) -> SandboxHandle:
+        """A worker restored from a checkpoint of a started one: its hello went to the host
+        that checkpointed it, so ``info`` is that hello (another hello from this copy is a
+        protocol error) and a ping proves the copy answers. On failure the process is closed
+        and nothing leaks."""
+        handle = cls(process, cfg)
+        handle._hello.set_result(info)
+        handle.info = info
+        handle.state = SandboxState.READY
+        try:
+            await asyncio.wait_for(handle.ping(), cfg.start_timeout_s)
+        except TimeoutError:
+            await handle.close()
+            raise SandboxStartError(
+                f"restored sandbox did not answer within {cfg.start_timeout_s:g}s"
+            ) from None
+        except BaseException as exc:
+            await handle.close()
+            if isinstance(exc, SandboxLost):
+                raise SandboxStartError(f"restored sandbox died: {exc}") from exc
+            raise
+        return handle
+
     @property
     def name(self) -> str:
         return self.process.name

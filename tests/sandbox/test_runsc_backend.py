@@ -23,6 +23,7 @@ from sandbox import runsc_backend
 from sandbox.config import SandboxConfig
 from sandbox.docker_backend import DockerProcess
 from sandbox.errors import SandboxLost, SandboxStartError
+from sandbox.handle import SandboxHandle
 from sandbox.pool import SandboxPool, launch
 from sandbox.runsc_backend import RunscProcess, state_paths
 
@@ -289,3 +290,56 @@ async def test_an_unusable_state_dir_is_a_start_error(
     finally:
         await pool.close()
         runsc_backend._images.clear()
+
+
+# ---- checkpoint and restore (measured against cold boots in make bench) ---------------
+
+
+async def test_a_checkpointed_worker_restores_into_independent_sandboxes(
+    runsc_cfg: SandboxConfig, tmp_path: Path
+) -> None:
+    """A started worker is checkpointed; each restore is a new sandbox (own name, bundle and
+    channel) that resumes with the saved state, diverges on its own, draws its own entropy,
+    resets to a fresh interpreter, and leaves nothing behind when closed."""
+    origin = await launch(runsc_cfg)
+    await origin.exec("saved = 41")
+    assert isinstance(origin.process, RunscProcess)
+    await runsc_backend.checkpoint(origin.process, tmp_path)
+    await origin.close()
+    copies = [
+        await SandboxHandle.resume(
+            await RunscProcess.restore(runsc_cfg, tmp_path), runsc_cfg, origin.info
+        )
+        for _ in range(2)
+    ]
+    names = [c.process.name for c in copies]
+    try:
+        assert len({origin.process.name, *names}) == 3
+        for i, copy in enumerate(copies):
+            out = await copy.exec(f"saved += {i + 1}; print(saved)")
+            assert out.stdout == f"{42 + i}\n"
+        draws = [(await c.exec("import os; print(os.urandom(16).hex())")).stdout for c in copies]
+        assert draws[0] != draws[1]
+        await copies[0].reset()
+        assert "NameError" in (await copies[0].exec("saved")).stderr
+        assert (await copies[1].exec("print(saved)")).stdout == "43\n"
+    finally:
+        for c in copies:
+            await c.close()
+    for name in names:
+        assert not (state_paths(runsc_cfg)[1] / name).exists()
+    rc, listed = await runsc_backend.runsc(runsc_cfg, "list", "--quiet")
+    assert rc == 0 and not set(listed.split()) & {origin.process.name, *names}
+    await assert_no_leak([origin.process.name, *names])
+
+
+async def test_a_restore_without_a_checkpoint_is_a_start_error(
+    runsc_cfg: SandboxConfig, tmp_path: Path
+) -> None:
+    with pytest.raises(SandboxStartError, match="restored sandbox"):
+        await SandboxHandle.resume(
+            await RunscProcess.restore(runsc_cfg, tmp_path / "none"), runsc_cfg, {}
+        )
+    assert not any(state_paths(runsc_cfg)[1].iterdir())
+    rc, listed = await runsc_backend.runsc(runsc_cfg, "list", "--quiet")
+    assert rc == 0 and not [n for n in listed.split() if runsc_cfg.instance in n]
