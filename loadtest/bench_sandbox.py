@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import statistics
 import time
@@ -85,9 +86,10 @@ async def run(
     idle_mb: list[float] = []
     idle_pss: list[float] = []
     idle_rss: list[float] = []
+    boot = dataclasses.replace(cfg, restore=False)  # the restores have their own rows
     for _ in range(starts):
         t0 = time.perf_counter()
-        handle = await launch(cfg)
+        handle = await launch(boot)
         cold.append((time.perf_counter() - t0) * 1000)
         if cfg.backend in ("docker", "runsc"):
             await asyncio.sleep(0.5)
@@ -142,51 +144,43 @@ async def run(
 
 
 async def restore_rows(cfg: SandboxConfig, starts: int) -> list[dict[str, Any]]:
-    """A new sandbox restored from a runsc checkpoint of a started worker, against a cold
-    boot: time to the first exec's answer and the whole machine's CPU per start,
-    alternating the two so both see the same machine."""
-    import tempfile
-
+    """RLM_SANDBOX_RESTORE: a new sandbox restored from a checkpoint of a started worker,
+    against a cold boot. Time to the first exec's answer and the whole machine's CPU per
+    start, alternating the two so both see the same machine."""
     from loadtest.bench_cpu import busy_s
     from sandbox import runsc_backend
-    from sandbox.handle import SandboxHandle
-    from sandbox.runsc_backend import RunscProcess
 
-    origin = await launch(cfg)
-    with tempfile.TemporaryDirectory(prefix="rlm-bench-checkpoint-") as tmp:
-        image = Path(tmp)
-        assert isinstance(origin.process, RunscProcess)
-        await origin.exec("1")
-        t0 = time.perf_counter()
-        await runsc_backend.checkpoint(origin.process, image)
-        saved_ms = (time.perf_counter() - t0) * 1000
-        await origin.close()
-        size_mb = await asyncio.to_thread(_tree_mb, image)
-        times: dict[str, list[float]] = {"cold boot": [], "restored from a checkpoint": []}
-        cpu: dict[str, list[float]] = {k: [] for k in times}
-
-        async def cold() -> SandboxHandle:
-            return await launch(cfg)
-
-        async def restored() -> SandboxHandle:
-            return await SandboxHandle.resume(
-                await RunscProcess.restore(cfg, image), cfg, origin.info
-            )
-
-        for _ in range(starts):
-            for kind, start in (("cold boot", cold), ("restored from a checkpoint", restored)):
-                c0, t0 = busy_s(), time.perf_counter()
-                handle = await start()
-                try:
-                    await handle.exec("1")
-                    times[kind].append((time.perf_counter() - t0) * 1000)
-                    cpu[kind].append((busy_s() - c0) * 1000)
-                finally:
-                    await handle.close()
+    boot = dataclasses.replace(cfg, restore=False)
+    restore = dataclasses.replace(cfg, restore=True)
+    t0 = time.perf_counter()
+    first = await launch(restore)  # boots a worker, checkpoints it, restores the first
+    first_ms = (time.perf_counter() - t0) * 1000
+    await first.close()
+    size_mb = await asyncio.to_thread(_tree_mb, runsc_backend.checkpoints_dir(restore))
+    times: dict[str, list[float]] = {"cold boot": [], "restored from a checkpoint": []}
+    cpu: dict[str, list[float]] = {k: [] for k in times}
+    mem: dict[str, list[float]] = {"container cgroup": [], "host PSS of runsc+gofer": []}
+    for _ in range(starts):
+        for kind, c in (("cold boot", boot), ("restored from a checkpoint", restore)):
+            c0, t0 = busy_s(), time.perf_counter()
+            handle = await launch(c)
+            try:
+                await handle.exec("1")
+                times[kind].append((time.perf_counter() - t0) * 1000)
+                cpu[kind].append((busy_s() - c0) * 1000)
+                if c.restore:
+                    name = handle.process.id  # type: ignore[attr-defined]
+                    mem["container cgroup"].append(cgroup_mb(handle.process))
+                    mem["host PSS of runsc+gofer"].append(host_pss_mb(name))
+            finally:
+                await handle.close()
     rows = [_row(f"start + first exec, {k}", v) for k, v in times.items()]
     rows += [_row(f"machine CPU per start, {k}", v) for k, v in cpu.items()]
-    rows.append(_row("checkpoint of a started worker (uncompressed)", [saved_ms]))
-    rows.append(_row("checkpoint image size (MB)", [size_mb], unit="MB"))
+    rows += [_row(f"memory of a restored sandbox, {k} (MB)", v, unit="MB") for k, v in mem.items()]
+    rows.append(
+        _row("first start with a checkpoint to make (boot, checkpoint, restore)", [first_ms])
+    )
+    rows.append(_row("the worker's checkpoint on disk (MB)", [size_mb], unit="MB"))
     return rows
 
 

@@ -35,6 +35,8 @@ class SandboxConfig:
     tmpfs_mb: int = 256
     nofile: int = 256
     fsize_mb: int = 256
+    # backend runsc: new sandboxes restored from a checkpoint of a started worker
+    restore: bool = True
 
     @property
     def gvisor(self) -> bool:

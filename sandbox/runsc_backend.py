@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -466,6 +468,24 @@ class RunscProcess(PipeProcess):
         self._close_pipes()
 
 
+def checkpoints_dir(cfg: SandboxConfig) -> Path:
+    """This instance's checkpoints of started workers (see ``sandbox.pool``)."""
+    return Path(cfg.state_dir) / "checkpoints" / cfg.instance
+
+
+async def checkpoint_key(cfg: SandboxConfig) -> str:
+    """What a checkpoint was taken with: a restored worker keeps the arguments, environment
+    and limits it booted with, so it may only stand in for a sandbox of the same settings,
+    image and runsc (binary and flags)."""
+    image = await _resolve_image(cfg)
+    flags = await runtime_flags(cfg)
+    fields = {
+        **dataclasses.asdict(cfg), "image_id": image.id, "runsc": runsc_command(cfg)[-1],
+        "flags": flags,
+    }  # fmt: skip
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
 async def checkpoint(process: RunscProcess, image_dir: Path) -> None:
     """Save a running sandbox's whole state into ``image_dir``; the sandbox stops (close its
     handle after). Uncompressed: a restore from it took half the time of a flate-compressed
@@ -586,6 +606,7 @@ async def reap(cfg: SandboxConfig) -> int:
             continue
         stale.append(name)
     await asyncio.gather(*(_delete(cfg, n) for n in stale))
+    await asyncio.to_thread(shutil.rmtree, checkpoints_dir(cfg), True)
     return len(stale)
 
 

@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     rlm_sandbox_state_dir: str = "/var/lib/rlm-py"
     rlm_sandbox_image: str = DEFAULT_SANDBOX_IMAGE
     rlm_sandbox_pool_size: int = Field(8, ge=0)
+    # RLM_SANDBOX=runsc: new sandboxes restored from a checkpoint of a started worker
+    rlm_sandbox_restore: bool = True
     rlm_sandbox_memory_mb: int = Field(1024, ge=128)
     rlm_sandbox_cpus: float = Field(1.0, gt=0)
     rlm_sandbox_pids: int = Field(256, ge=128)
@@ -205,6 +207,7 @@ class Settings(BaseSettings):
             pids=self.rlm_sandbox_pids,
             tmpfs_mb=self.rlm_sandbox_tmpfs_mb,
             fsize_mb=self.rlm_sandbox_tmpfs_mb,
+            restore=self.rlm_sandbox_restore,
         )
 
 

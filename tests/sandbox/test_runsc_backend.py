@@ -9,16 +9,19 @@ import dataclasses
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from loadtest.hostmem import cmdlines
+from sandbox import pool as pool_module
 from sandbox import runsc_backend
 from sandbox.config import SandboxConfig
 from sandbox.docker_backend import DockerProcess
@@ -343,3 +346,86 @@ async def test_a_restore_without_a_checkpoint_is_a_start_error(
     assert not any(state_paths(runsc_cfg)[1].iterdir())
     rc, listed = await runsc_backend.runsc(runsc_cfg, "list", "--quiet")
     assert rc == 0 and not [n for n in listed.split() if runsc_cfg.instance in n]
+
+
+def _restored_from(box: SandboxHandle) -> bool:
+    assert isinstance(box.process, RunscProcess)
+    return box.process._restored
+
+
+async def test_launch_restores_new_sandboxes_from_one_checkpoint(
+    runsc_cfg: SandboxConfig, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RLM_SANDBOX_RESTORE: the first launch boots a worker and checkpoints it after its
+    hello; later launches are restores of it. A checkpoint that is gone costs one cold boot
+    and a warning; after RESTORE_RETRY_S a new checkpoint is made. The reaper removes it."""
+    cfg = dataclasses.replace(runsc_cfg, instance="rlm-test-restore")
+    saved = runsc_backend.checkpoints_dir(cfg)
+    first = await launch(cfg)
+    second = await launch(cfg)
+    try:
+        assert _restored_from(first) and _restored_from(second)
+        (made,) = list(saved.iterdir())
+        assert (saved.stat().st_mode & 0o777) == 0o700
+        await first.exec("mine = 1")
+        assert "NameError" in (await second.exec("mine")).stderr
+        assert first.info == second.info and first.info  # the checkpointed worker's hello
+        assert not _restored_from(await _closing(launch(dataclasses.replace(cfg, restore=False))))
+        # The checkpoint goes missing: that start boots cold, and says why.
+        await asyncio.to_thread(shutil.rmtree, made)
+        third = await _closing(launch(cfg))
+        assert not _restored_from(third) and "booting it instead" in caplog.text
+        assert not _restored_from(await _closing(launch(cfg)))  # not retried at once
+        monkeypatch.setattr(pool_module, "RESTORE_RETRY_S", 0.0)
+        assert _restored_from(await _closing(launch(cfg)))  # a new checkpoint
+        assert [p.name for p in saved.iterdir()] == [made.name]  # same settings, same key
+    finally:
+        await first.close()
+        await second.close()
+    await runsc_backend.reap(cfg)
+    assert not saved.exists()
+    rc, listed = await runsc_backend.runsc(cfg, "list", "--quiet")
+    assert rc == 0 and cfg.instance not in listed
+
+
+async def test_a_checkpoint_stands_only_for_its_own_settings(runsc_cfg: SandboxConfig) -> None:
+    """A restored worker keeps the limits it booted with: other settings (or another image)
+    get their own checkpoint, which replaces the instance's older one."""
+    cfg = dataclasses.replace(runsc_cfg, instance="rlm-test-restore-keys")
+    other = dataclasses.replace(cfg, exec_timeout_s=cfg.exec_timeout_s + 1)
+    assert await runsc_backend.checkpoint_key(cfg) != await runsc_backend.checkpoint_key(other)
+    for c in (cfg, other):
+        box = await _closing(launch(c))
+        assert _restored_from(box)
+        (only,) = list(runsc_backend.checkpoints_dir(c).iterdir())
+        assert only.name == await runsc_backend.checkpoint_key(c)
+    await runsc_backend.reap(cfg)
+
+
+async def _closing(starting: Awaitable[SandboxHandle]) -> SandboxHandle:
+    """Start a sandbox, prove it answers, close it; the handle stays readable."""
+    box = await starting
+    try:
+        assert (await box.exec("print(6 * 7)")).stdout == "42\n"
+    finally:
+        await box.close()
+    return box
+
+
+async def test_the_pool_serves_restored_sandboxes_and_removes_the_checkpoint(
+    runsc_cfg: SandboxConfig,
+) -> None:
+    cfg = dataclasses.replace(runsc_cfg, instance="rlm-test-restore-pool")
+    pool = SandboxPool(cfg, size=2)
+    await pool.start()
+    try:
+        box = await pool.acquire()
+        assert _restored_from(box)
+        assert (await box.exec("print(1 + 1)")).stdout == "2\n"
+        await pool.release(box)
+        assert runsc_backend.checkpoints_dir(cfg).exists()
+    finally:
+        await pool.close()
+    assert not runsc_backend.checkpoints_dir(cfg).exists()
+    rc, listed = await runsc_backend.runsc(cfg, "list", "--quiet")
+    assert rc == 0 and cfg.instance not in listed
