@@ -52,7 +52,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sandbox import protocol as proto
 from sandbox.config import SandboxConfig
@@ -67,6 +67,8 @@ from sandbox.errors import (
     WorkerError,
 )
 from sandbox.process import SandboxProcess
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
@@ -223,19 +225,7 @@ class SandboxHandle:
     async def start(cls, process: SandboxProcess, cfg: SandboxConfig) -> SandboxHandle:
         """Wait for the worker's hello; on failure the process is closed and nothing leaks."""
         handle = cls(process, cfg)
-        try:
-            handle.info = await asyncio.wait_for(asyncio.shield(handle._hello), cfg.start_timeout_s)
-        except TimeoutError:
-            await handle.close()
-            raise SandboxStartError(
-                f"sandbox did not answer within {cfg.start_timeout_s:g}s (RLM_SANDBOX_START_TIMEOUT_S)"
-            ) from None
-        except BaseException as exc:
-            await handle.close()
-            if isinstance(exc, SandboxLost):
-                raise SandboxStartError(f"sandbox died at start-up: {exc}") from exc
-            raise
-        handle.state = SandboxState.READY
+        handle.info = await handle._first_answer(asyncio.shield(handle._hello), "sandbox")
         return handle
 
     @classmethod
@@ -249,20 +239,28 @@ class SandboxHandle:
         handle = cls(process, cfg)
         handle._hello.set_result(info)
         handle.info = info
-        handle.state = SandboxState.READY
+        handle.state = SandboxState.READY  # a ping is a request
+        await handle._first_answer(handle.ping(), "restored sandbox")
+        return handle
+
+    async def _first_answer(self, answer: Awaitable[_T], who: str) -> _T:
+        """The start's end: ``answer`` within the start timeout, else the process closed
+        and a start error."""
         try:
-            await asyncio.wait_for(handle.ping(), cfg.start_timeout_s)
+            got = await asyncio.wait_for(answer, self.cfg.start_timeout_s)
         except TimeoutError:
-            await handle.close()
+            await self.close()
             raise SandboxStartError(
-                f"restored sandbox did not answer within {cfg.start_timeout_s:g}s"
+                f"{who} did not answer within {self.cfg.start_timeout_s:g}s "
+                "(RLM_SANDBOX_START_TIMEOUT_S)"
             ) from None
         except BaseException as exc:
-            await handle.close()
+            await self.close()
             if isinstance(exc, SandboxLost):
-                raise SandboxStartError(f"restored sandbox died: {exc}") from exc
+                raise SandboxStartError(f"{who} died at start-up: {exc}") from exc
             raise
-        return handle
+        self.state = SandboxState.READY
+        return got
 
     @property
     def name(self) -> str:
