@@ -159,6 +159,54 @@ async def live_and_hibernated(cfg: SandboxConfig, n: int) -> dict[str, list[floa
     return out
 
 
+async def new_sessions(restore: bool, users: int, seconds: float) -> dict[str, Any]:
+    """The service on runsc under ``users`` clients whose every request opens a session (the
+    needle task, 10,000 lines) and then deletes it: a sandbox start and teardown each. New
+    sessions per second, latency, and the whole machine's CPU per new session."""
+    import httpx
+
+    from loadtest.bench import _needle_template, magic_number
+    from loadtest.bench_cpu import busy_s
+    from loadtest.stack import LocalStack, StackConfig
+
+    template, marker = _needle_template()
+    env = {"RLM_SANDBOX_RESTORE": "true" if restore else "false"}
+    with LocalStack(StackConfig(sandbox="runsc", env=env)) as stack:
+        auth = {"authorization": f"Bearer {stack.api_key}"}
+        async with httpx.AsyncClient(base_url=stack.base_url, timeout=600) as client:
+
+            async def user(until: float, done: list[float], failed: list[str]) -> None:
+                while (t0 := time.perf_counter()) < until:
+                    number = magic_number()
+                    r = await client.post(
+                        "/v1/chat/completions", content=template.replace(marker, number.encode()),
+                        headers={**auth, "content-type": "application/json"},
+                    )  # fmt: skip
+                    if (
+                        r.status_code != 200
+                        or number not in r.json()["choices"][0]["message"]["content"]
+                    ):
+                        failed.append(f"HTTP {r.status_code}: {r.text[:150]}")
+                        continue
+                    await client.delete(
+                        f"/v1/sessions/{r.json()['rlm']['session_id']}", headers=auth
+                    )
+                    if time.perf_counter() < until:
+                        done.append((time.perf_counter() - t0) * 1000)
+
+            async def window(length: float) -> tuple[list[float], list[str], float]:
+                done: list[float] = []
+                failed: list[str] = []
+                c0, until = busy_s(), time.perf_counter() + length
+                await asyncio.gather(*(user(until, done, failed) for _ in range(users)))
+                return done, failed, busy_s() - c0
+
+            await window(min(8.0, seconds))  # warm-up: the checkpoint, the pool's first refill
+            done, failed, cpu_s = await window(seconds)
+    return {"rate": len(done) / seconds, "latency": done, "failed": failed,
+            "cpu_ms": 1000 * cpu_s / max(len(done), 1)}  # fmt: skip
+
+
 async def rows(quick: bool, row: Any) -> list[dict[str, Any]]:
     """The section's rows, built with bench.row."""
     from loadtest import bench_reset
@@ -206,6 +254,14 @@ async def rows(quick: bool, row: Any) -> list[dict[str, Any]]:
                            unit="GB", value=per_live * 1000 / 1024,
                            note=f"live {per_live * 1000 / 1024:.1f} GB of RAM; hibernated "
                                 f"{per_snap * 1000 / 1024:.2f} GB on disk or S3, no RAM"))  # fmt: skip
+    seconds = 10.0 if quick else 20.0
+    for restore in (False, True):  # the RLM_SANDBOX_RESTORE default last
+        got = await new_sessions(restore, 20, seconds)
+        kind = "restored from a checkpoint" if restore else "booted"
+        out.append(row("sessions", f"new sessions, 20 users, runsc, {kind}: request latency",
+                       got["latency"], rate=got["rate"], aim="10/s" if restore else "",
+                       note=f"machine CPU {got['cpu_ms']:.0f} ms per new session; "
+                            f"{len(got['failed'])} failed"))  # fmt: skip
     f = await flood(cfg)
     note = f"{f['outcome']} after {f['cut_s']:.2f} s; median lag {f['median_lag_ms']:.1f} ms"
     out.append(row("hostile", "event-loop lag while a sandbox floods its channel (worst)",
