@@ -13,10 +13,6 @@ from collections.abc import AsyncIterator
 
 from service.errors import Overloaded
 
-# Request bodies parsed at once: parsing is CPU-bound (a 100 MB context takes about a second),
-# so more at once than the machine has cores only adds memory.
-PARSE_SLOTS = 4
-
 
 def available_mb(meminfo: str = "/proc/meminfo") -> float | None:
     """The host's available memory (MemAvailable) in MB, or None where it cannot be read."""
@@ -71,16 +67,7 @@ class Admission:
         self._running_by_key: dict[str, int] = {}
         # Waiters per key, keys in the order they started waiting (ties go to the oldest).
         self._waiting: dict[str, collections.deque[asyncio.Future[None]]] = {}
-        self._parse_gate = asyncio.Semaphore(PARSE_SLOTS)
         self.draining = False
-
-    @contextlib.asynccontextmanager
-    async def parsing(self, size: int) -> AsyncIterator[None]:
-        """One of PARSE_SLOTS request parses at a time; refused at once when the host is
-        full anyway (so a refused request costs no parsing)."""
-        self.refuse_if_full()
-        async with self._parse_gate:
-            yield
 
     @property
     def full(self) -> bool:

@@ -37,8 +37,6 @@ from service.sessions import Session
 
 router = APIRouter()
 STREAM_PIECE_CHARS = 2000
-# Bodies larger than this are parsed in a thread (about 1 ms of parsing on the loop).
-PARSE_INLINE_BYTES = 256 * 1024
 
 
 def _parse(body: bytes) -> ChatCompletionRequest:
@@ -54,10 +52,6 @@ def _parse(body: bytes) -> ChatCompletionRequest:
         if err.get("type") == "model_type" and not loc:
             raise BadRequest("the request body must be a JSON object") from None
         raise BadRequest(f"{loc or 'body'}: {err.get('msg')}", param=loc or None) from None
-
-
-async def _parse_off_loop(body: bytes) -> ChatCompletionRequest:
-    return await asyncio.to_thread(_parse, body)
 
 
 def _track(svc: Services, coro: Coroutine[Any, Any, TurnResult]) -> asyncio.Task[TurnResult]:
@@ -93,11 +87,8 @@ async def chat_completions(request: Request, owner: Caller, svc: ServicesDep) ->
     if svc.admission.draining:
         raise ShuttingDown("the service is shutting down; retry on another instance", retry_after=5)
     raw = await read_body(request, settings.rlm_max_body_bytes)
-    # Parsing (up to RLM_MAX_BODY_BYTES of JSON; nesting depth is capped by the parser, past
-    # it a 400) takes one of a few parse slots, so a burst of huge bodies cannot take the
-    # host's CPU and memory at once; large bodies are parsed off the event loop.
-    async with svc.admission.parsing(len(raw)):
-        req = await _parse_off_loop(raw) if len(raw) > PARSE_INLINE_BYTES else _parse(raw)
+    svc.admission.refuse_if_full()  # a refused request costs no parsing
+    req = _parse(raw)  # on the loop: see PARSING in service/api/deps.py
     in_body = req.rlm.session_id if req.rlm else None
     sid = named_session(request, in_body, cookies=settings.rlm_cookie_sessions)
     if sid is not None and svc.siblings is not None:

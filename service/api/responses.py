@@ -28,8 +28,6 @@ from service.errors import BadRequest, ShuttingDown
 from service.responses import ResponseRun
 
 router = APIRouter()
-# Bodies larger than this are parsed in a thread (about 1 ms of parsing on the loop).
-PARSE_INLINE_BYTES = 256 * 1024
 
 
 def _parse(body: bytes) -> ResponsesRequest:
@@ -104,8 +102,8 @@ async def create_response(request: Request, owner: Caller, svc: ServicesDep) -> 
     if svc.admission.draining:
         raise ShuttingDown("the service is shutting down; retry on another instance", retry_after=5)
     raw = await read_body(request, settings.rlm_max_body_bytes)
-    async with svc.admission.parsing(len(raw)):
-        req = await asyncio.to_thread(_parse, raw) if len(raw) > PARSE_INLINE_BYTES else _parse(raw)
+    svc.admission.refuse_if_full()  # a refused request costs no parsing
+    req = _parse(raw)  # on the loop: see PARSING in service/api/deps.py
     del raw
     svc.chat.check_model(req.model)
     svc.chat.check_budget(owner)  # 429 budget_exceeded before any session or run starts
