@@ -295,12 +295,12 @@ def official_engine_rows(iterations: int, runs: int, ours_ms: float) -> list[dic
 # ---- 3. end to end -------------------------------------------------------------------
 
 
-def _needle_template(lines: int = 10_000) -> tuple[bytes, bytes]:
+def _needle_template(lines: int = 10_000, *, reset: bool = True) -> tuple[bytes, bytes]:
     """A needle request's JSON with a placeholder number (a third of the way in) to replace."""
     marker = "0000000"
     body = json.dumps({
         "model": "rlm", "messages": [{"role": "user", "content": NEEDLE_QUERY}],
-        "rlm": {"reset": True, "context": with_needle(filler(lines), marker, at=lines // 3)},
+        "rlm": {"reset": reset, "context": with_needle(filler(lines), marker, at=lines // 3)},
     }).encode()  # fmt: skip
     return body, marker.encode()
 
@@ -308,11 +308,12 @@ def _needle_template(lines: int = 10_000) -> tuple[bytes, bytes]:
 async def drive_service(base_url: str, api_key: str, concurrency: int, seconds: float,
                         prefix: str, mark: Callable[[str], None] | None = None,
                         settle: Callable[[], Awaitable[None]] | None = None,
-                        ) -> dict[str, Any]:  # fmt: skip
-    """Closed loop: ``concurrency`` sessions, each sending needle requests back to back.
-    ``settle`` is awaited after the warm-up (e.g. until the pool has refilled); ``mark`` is
-    told "start" and "end" around the measured window."""
-    template, marker = _needle_template()
+                        reset: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Closed loop: ``concurrency`` sessions, each sending needle requests back to back, with
+    a reset each (``reset``), else each turn going on in its session's REPL (the context is
+    sent and bound again either way). ``settle`` is awaited after the warm-up (e.g. until
+    the pool has refilled); ``mark`` is told "start" and "end" around the measured window."""
+    template, marker = _needle_template(reset=reset)
     latencies: list[float] = []
     failures: list[str] = []
     limits = httpx.Limits(
@@ -496,7 +497,9 @@ async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
         from loadtest import bench_cpu
 
         # The other platform too, where the playbook registered one runtime per platform.
+        # And runsc without a reset per request: what a reset costs is the difference.
         backends = "docker,runsc" + "".join(f",runsc@runsc-{p}" for p in other_platforms())
+        backends += ",runsc/keep"
         cpu_args = argparse.Namespace(
             seconds=args.seconds, users=20, backends=backends, baseline=args.baseline
         )
@@ -528,7 +531,10 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(rows)
     text = f"Benchmarks {started} on {machine()}\n\n{table}\n"
     if args.cpu_table:
-        text += f"\nCPU per request, 20 users reusing their sessions with a reset each:\n\n{args.cpu_table}\n"
+        text += (
+            "\nCPU per request, 20 users reusing their sessions (a reset each, unless the"
+            f" column says no reset):\n\n{args.cpu_table}\n"
+        )
     print(text)
     out = ROOT / "logs" / f"bench-{started}.md"
     out.parent.mkdir(parents=True, exist_ok=True)

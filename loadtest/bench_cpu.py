@@ -9,7 +9,9 @@ upstream. The machine's busy time from /proc/stat is the total; what no process 
 for (interrupts, softirqs, processes that came and went) is its own row.
 
 Variants run one after another in the same invocation: this tree with ``RLM_SANDBOX=docker``
-and with ``RLM_SANDBOX=runsc``, and, with ``--baseline REF``, the service and worker image of
+and with ``RLM_SANDBOX=runsc`` (a ``/keep`` variant sends the same requests without a reset:
+each turn goes on in its session's REPL, so the difference is what a reset costs), and,
+with ``--baseline REF``, the service and worker image of
 another commit (default: the previous one) checked out in a git worktree, so the table
 prints beside the previous commit's figures from the same run.
 
@@ -138,7 +140,9 @@ async def pool_refilled(base_url: str, size: int, timeout_s: float = 180.0) -> N
     raise TimeoutError(f"the pool did not refill to {size} within {timeout_s:g}s: {state}")
 
 
-async def measure(label: str, cfg: StackConfig, users: int, seconds: float) -> dict[str, Any]:
+async def measure(
+    label: str, cfg: StackConfig, users: int, seconds: float, *, reset: bool = True
+) -> dict[str, Any]:
     print(f"[bench_cpu] {label}: starting", file=sys.stderr, flush=True)
     with LocalStack(cfg) as stack:
         service_pid = stack.service_pid
@@ -153,7 +157,7 @@ async def measure(label: str, cfg: StackConfig, users: int, seconds: float) -> d
 
         res = await drive_service(
             stack.base_url, stack.api_key, users, seconds, f"cpu-{cfg.sandbox}",
-            mark=mark, settle=settle,
+            mark=mark, settle=settle, reset=reset,
         )  # fmt: skip
     (p0, b0, t0), (p1, b1, t1) = marks["start"], marks["end"]
     n = max(1, res["completions"])
@@ -162,6 +166,7 @@ async def measure(label: str, cfg: StackConfig, users: int, seconds: float) -> d
     return {
         "label": label,
         "users": users,
+        "reset": reset,
         "requests": res["completions"],
         "failures": res["failures"],
         "errors": res["errors"],
@@ -201,7 +206,14 @@ def table(results: list[dict[str, Any]]) -> str:
     extra = (
         ("not attributed (irq, softirq, short-lived)", lambda r: f"{r['unattributed_ms']:.2f}"),
         ("**whole machine (/proc/stat)**", lambda r: f"**{r['total_ms']:.2f}**"),
-        ("requests/s (reuse + reset)", lambda r: f"{r['rate']:.1f} ({r['users']} users)"),
+        (
+            "whole machine but the load client and the upstream",
+            lambda r: f"{r['total_ms'] - r['ms'][GROUPS[5]]:.2f}",
+        ),
+        (
+            "requests/s",
+            lambda r: f"{r['rate']:.1f} ({r['users']} users{'' if r['reset'] else ', no reset'})",
+        ),
         ("latency p50 / p95 (ms)", lambda r: f"{r['p50_ms']:.1f} / {r['p95_ms']:.1f}"),
         ("cores busy", lambda r: f"{r['cores_busy']:.2f}"),
         ("failed requests", lambda r: str(r["failures"])),
@@ -210,42 +222,60 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def parse_spec(spec: str) -> tuple[str, str, str]:
-    """``backend[@runtime][:workers]`` as (backend, runtime, workers), "" when not given:
-    runsc:2 is RLM_WORKERS=2; docker@runsc-systrap uses that Docker runtime (its runsc binary
-    and flags, for the runsc backend too)."""
-    head, _, workers = spec.strip().partition(":")
+@dataclass(frozen=True)
+class Variant:
+    backend: str
+    runtime: str = ""  # a Docker runtime's name ("": the default)
+    workers: str = ""  # RLM_WORKERS ("": not set)
+    reset: bool = True  # False: each turn goes on in its session's REPL
+
+
+def parse_spec(spec: str) -> Variant:
+    """``backend[@runtime][:workers][/keep]``: runsc:2 is RLM_WORKERS=2; docker@runsc-systrap
+    uses that Docker runtime (its runsc binary and flags, for the runsc backend too);
+    ``/keep`` sends the requests without a reset."""
+    head, slash, mode = spec.strip().partition("/")
+    head, _, workers = head.partition(":")
     backend, _, runtime = head.partition("@")
-    if backend not in ("docker", "runsc", "local") or not (workers or "1").isdigit():
-        raise ValueError(f"not a variant: {spec!r} (backend[@runtime][:workers])")
-    return backend, runtime, workers
+    if (
+        backend not in ("docker", "runsc", "local")
+        or not (workers or "1").isdigit()
+        or (slash and mode != "keep")
+    ):
+        raise ValueError(f"not a variant: {spec!r} (backend[@runtime][:workers][/keep])")
+    return Variant(backend, runtime, workers, reset=not slash)
 
 
 async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     base: dict[str, Any] = {"policy": "needle-answer", "pool_size": args.users + 4}
-    variants: list[tuple[str, StackConfig]] = []
+    variants: list[tuple[str, StackConfig, bool]] = []
     if args.baseline != "none":
         path, image, sha = baseline_tree(args.baseline)
         env = {"RLM_SANDBOX_IMAGE": image}
         variants.append(
-            (f"{sha} (docker)", StackConfig(sandbox="docker", env=env, service_dir=path, **base))
+            (
+                f"{sha} (docker)",
+                StackConfig(sandbox="docker", env=env, service_dir=path, **base),
+                True,
+            )
         )
     for spec in args.backends.split(","):
-        backend, runtime, workers = parse_spec(spec)
-        name = f"{backend}, {runtime}" if runtime else backend
-        cfg = {**base, "runtime": runtime} if runtime else dict(base)
-        if workers:
-            n = int(workers)
+        v = parse_spec(spec)
+        name = f"{v.backend}, {v.runtime}" if v.runtime else v.backend
+        name += "" if v.reset else ", no reset"
+        cfg = {**base, "runtime": v.runtime} if v.runtime else dict(base)
+        if v.workers:
+            n = int(v.workers)
             split = {**cfg, "pool_size": -(-base["pool_size"] // n)}
-            stack = StackConfig(sandbox=backend, env={"RLM_WORKERS": workers}, **split)
-            variants.append((f"this tree ({name}, {n} workers)", stack))
+            stack = StackConfig(sandbox=v.backend, env={"RLM_WORKERS": v.workers}, **split)
+            variants.append((f"this tree ({name}, {n} workers)", stack, v.reset))
         else:
-            variants.append((f"this tree ({name})", StackConfig(sandbox=backend, **cfg)))
+            variants.append((f"this tree ({name})", StackConfig(sandbox=v.backend, **cfg), v.reset))
     out = []
-    for label, variant in variants:
+    for label, variant, reset in variants:
         variant.log_dir = ROOT / "logs" / "bench-cpu" / re.sub(r"\W+", "-", label).strip("-")
         try:
-            out.append(await measure(label, variant, args.users, args.seconds))
+            out.append(await measure(label, variant, args.users, args.seconds, reset=reset))
         except Exception as exc:  # noqa: BLE001 - one failed variant must not hide the others
             print(f"[bench_cpu] {label} failed: {exc} ({variant.log_dir})", file=sys.stderr)
     return out
@@ -258,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--backends",
         default="docker,runsc",
-        help="backend[@docker runtime][:workers], e.g. docker,runsc,runsc:2,runsc@runsc-systrap",
+        help="backend[@docker runtime][:workers][/keep], e.g. "
+        "docker,runsc,runsc:2,runsc@runsc-systrap,runsc/keep (/keep: no reset per request)",
     )
     parser.add_argument("--baseline", default="HEAD~1", help="git ref, or none")
     args = parser.parse_args(argv)

@@ -11,6 +11,7 @@ import pytest
 from loadtest.bench_cpu import (
     GROUPS,
     Proc,
+    Variant,
     busy_s,
     cpu_by_group,
     group_of,
@@ -57,17 +58,21 @@ def test_cpu_burnt_between_two_readings_is_found() -> None:
     assert busy1 - busy0 >= 0.3
     result = {"label": "x", "ms": dict.fromkeys(GROUPS, 1.0), "unattributed_ms": 0.0,
               "total_ms": 7.0, "rate": 1.0, "users": 3, "p50_ms": 1.0, "p95_ms": 2.0, "cores_busy": 1.0,
-              "failures": 0}  # fmt: skip
-    text = table([result])
-    assert text.count("\n") == len(GROUPS) + 7 and "**7.00**" in text
-    assert "| 1.0 (3 users) |" in text
+              "failures": 0, "reset": True}  # fmt: skip
+    kept = {**result, "reset": False, "ms": {**result["ms"], GROUPS[5]: 2.5}}
+    text = table([result, kept])
+    assert text.count("\n") == len(GROUPS) + 8 and "**7.00**" in text
+    assert "| 1.0 (3 users) | 1.0 (3 users, no reset) |" in text
+    assert "| whole machine but the load client and the upstream | 6.00 | 4.50 |" in text
 
 
-def test_variant_specs_name_backend_runtime_and_workers() -> None:
-    assert parse_spec("docker") == ("docker", "", "")
-    assert parse_spec("runsc:2") == ("runsc", "", "2")
-    assert parse_spec("runsc@runsc-systrap") == ("runsc", "runsc-systrap", "")
-    assert parse_spec(" docker@runsc-ptrace:3") == ("docker", "runsc-ptrace", "3")
-    for bad in ("kata", "runsc:two", "@runsc"):
+def test_variant_specs_name_backend_runtime_workers_and_reset() -> None:
+    assert parse_spec("docker") == Variant("docker", "", "", reset=True)
+    assert parse_spec("runsc:2") == Variant("runsc", "", "2")
+    assert parse_spec("runsc@runsc-systrap") == Variant("runsc", "runsc-systrap", "")
+    assert parse_spec(" docker@runsc-ptrace:3") == Variant("docker", "runsc-ptrace", "3")
+    assert parse_spec("runsc/keep") == Variant("runsc", reset=False)
+    assert parse_spec("runsc@runsc-systrap:2/keep") == Variant("runsc", "runsc-systrap", "2", False)
+    for bad in ("kata", "runsc:two", "@runsc", "runsc/", "runsc/reset"):
         with pytest.raises(ValueError, match="not a variant"):
             parse_spec(bad)
