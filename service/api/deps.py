@@ -117,7 +117,8 @@ Caller = Annotated[str, Depends(caller)]
 # throughout, so a thread does not free the loop (measured: 20 MB parsed in a thread stalled
 # the loop 215 ms, inline 172 ms) and only adds a thread hop per request. A body stalls its
 # worker's loop about 0.6 ms per MB of plain text, up to 9 ms per MB of escape-dense JSON (up
-# to RLM_MAX_BODY_BYTES); with RLM_WORKERS the other workers serve meanwhile.
+# to RLM_MAX_BODY_BYTES); with RLM_WORKERS the other workers serve meanwhile. The parser caps
+# nesting depth: past it, a 400.
 
 
 async def read_body(request: Request, limit: int) -> bytes:
