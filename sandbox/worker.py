@@ -1169,6 +1169,82 @@ _LIMITS = tuple(
 )  # fmt: skip
 
 
+_IPC_PRIVATE, _IPC_CREAT, _IPC_RMID = 0, 0o1000, 0
+_IPC_KINDS = ("shm", "msg", "sem")
+# Ids of System V IPC objects (shared memory, message queues, semaphore sets) a reset checks
+# at most: gVisor numbers each kind's objects one after another and has no /proc/sysvipc to
+# list them, so a reset removes the ids made since the last one. A REPL that made more than
+# this many ends its sandbox at the reset rather than stall it.
+_IPC_SCAN_MAX = 1 << 16
+
+
+class _Ipc:
+    """System V IPC objects outlive the processes that make them: a reset removes those the
+    last REPL made, so nothing it stored there reaches the next one.
+
+    Linux lists them in /proc/sysvipc. gVisor does not, but gives out each kind's ids in
+    order (measured: 1, 2, 3... and a removed id is not reused until they wrap), so the ids
+    made since the last reset lie between the last reset's probe and this one's (a private
+    object made and removed at once). Only in a container (our own IPC namespace).
+    """
+
+    def __init__(self, libc: Any) -> None:
+        self.libc = libc
+        self.mark = {kind: self._probe(kind) for kind in _IPC_KINDS}
+
+    def _make(self, kind: str) -> int:
+        if kind == "shm":
+            return int(self.libc.shmget(_IPC_PRIVATE, 1, _IPC_CREAT | 0o600))
+        if kind == "msg":
+            return int(self.libc.msgget(_IPC_PRIVATE, _IPC_CREAT | 0o600))
+        return int(self.libc.semget(_IPC_PRIVATE, 1, _IPC_CREAT | 0o600))
+
+    def _remove(self, kind: str, ident: int) -> None:
+        if kind == "shm":
+            self.libc.shmctl(ident, _IPC_RMID, None)
+        elif kind == "msg":
+            self.libc.msgctl(ident, _IPC_RMID, None)
+        else:
+            self.libc.semctl(ident, 0, _IPC_RMID, 0)
+
+    def _probe(self, kind: str) -> int:
+        """The next id of ``kind`` (-1 when its table is full)."""
+        ident = self._make(kind)
+        if ident >= 0:
+            self._remove(kind, ident)
+        return ident
+
+    @staticmethod
+    def _listed(kind: str) -> list[int] | None:
+        try:
+            with open(f"/proc/sysvipc/{kind}", "rb") as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            return None
+        return [int(line.split()[1]) for line in lines if len(line.split()) > 1]
+
+    def clear(self) -> bool:
+        """Remove every object made since the last call; False when that cannot be done."""
+        for kind in _IPC_KINDS:
+            listed = self._listed(kind)
+            if listed is not None:
+                for ident in listed:
+                    self._remove(kind, ident)
+                continue
+            start = self.mark[kind] + 1
+            probe = self._probe(kind)
+            if probe < 0:  # the table is full: what fills it was made since the mark
+                for ident in range(start, start + _IPC_SCAN_MAX):
+                    self._remove(kind, ident)
+                probe = self._probe(kind)
+            if probe < start or probe - start > _IPC_SCAN_MAX:
+                return False
+            for ident in range(start, probe):
+                self._remove(kind, ident)
+            self.mark[kind] = probe
+        return True
+
+
 def _fingerprint() -> tuple[Any, ...]:
     return (
         [resource.getrlimit(r) for r in _LIMITS],
@@ -1347,6 +1423,7 @@ class ForkServer:
         self.prctl: Any = None
         self.held_libc: Any = None
         self.proc_links = 0
+        self.ipc: _Ipc | None = None
         self.baseline = _fingerprint()
 
     def _scratch_dirs(self) -> list[str]:
@@ -1407,6 +1484,8 @@ class ForkServer:
         # with the server, one REPL and the spare, a REPL expects this many.
         names = os.listdir("/proc")
         self.proc_links = os.stat("/proc").st_nlink - sum(n.isdigit() for n in names) + 3
+        if self.contained:  # a host's IPC objects are not ours to remove
+            self.ipc = _Ipc(libc)
         if not (self.contained and _yama_scope() >= 1):
             libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
         if not self.contained:
@@ -1642,6 +1721,8 @@ class ForkServer:
             return self._fail("processes of the previous REPL could not be killed")
         if not all(_empty_dir(path) for path in self.scratch):
             return self._fail("files of the previous REPL could not be removed")
+        if self.ipc is not None and not self.ipc.clear():
+            return self._fail("System V IPC objects of the previous REPL could not be removed")
         spare, self.spare = (None, self.spare) if fallback else (self.spare, None)
         if spare is not None:
             if self._release(spare, reset_id):
