@@ -159,10 +159,12 @@ async def live_and_hibernated(cfg: SandboxConfig, n: int) -> dict[str, list[floa
     return out
 
 
-async def new_sessions(restore: bool, users: int, seconds: float) -> dict[str, Any]:
-    """The service on runsc under ``users`` clients whose every request opens a session (the
-    needle task, 10,000 lines) and then deletes it: a sandbox start and teardown each. New
-    sessions per second, latency, and the whole machine's CPU per new session."""
+async def new_sessions(restore: bool, users: int, seconds: float, keep: int = 0) -> dict[str, Any]:
+    """The service on runsc under ``users`` clients (one API key) whose every request opens a
+    session (the needle task, 10,000 lines) and then deletes it: a sandbox start and teardown
+    each, or with ``keep`` (RLM_SANDBOX_KEEP) a reset of the deleted session's sandbox, kept
+    for the next. New sessions per second, latency, the whole machine's CPU per new session,
+    and how many sandboxes were started."""
     import httpx
 
     from loadtest.bench import _needle_template, magic_number
@@ -170,7 +172,7 @@ async def new_sessions(restore: bool, users: int, seconds: float) -> dict[str, A
     from loadtest.stack import LocalStack, StackConfig
 
     template, marker = _needle_template()
-    env = {"RLM_SANDBOX_RESTORE": "true" if restore else "false"}
+    env = {"RLM_SANDBOX_RESTORE": "true" if restore else "false", "RLM_SANDBOX_KEEP": str(keep)}
     with LocalStack(StackConfig(sandbox="runsc", env=env)) as stack:
         auth = {"authorization": f"Bearer {stack.api_key}"}
         async with httpx.AsyncClient(base_url=stack.base_url, timeout=600) as client:
@@ -201,10 +203,19 @@ async def new_sessions(restore: bool, users: int, seconds: float) -> dict[str, A
                 await asyncio.gather(*(user(until, done, failed) for _ in range(users)))
                 return done, failed, busy_s() - c0
 
+            async def starts() -> float:
+                text = (await client.get("/metrics")).text
+                line = next(
+                    x for x in text.splitlines() if x.startswith("rlm_sandbox_start_seconds_count")
+                )
+                return float(line.split()[-1])
+
             await window(min(8.0, seconds))  # warm-up: the checkpoint, the pool's first refill
+            started = await starts()
             done, failed, cpu_s = await window(seconds)
+            started = await starts() - started
     return {"rate": len(done) / seconds, "latency": done, "failed": failed,
-            "cpu_ms": 1000 * cpu_s / max(len(done), 1)}  # fmt: skip
+            "cpu_ms": 1000 * cpu_s / max(len(done), 1), "started": started}  # fmt: skip
 
 
 async def rows(quick: bool, row: Any) -> list[dict[str, Any]]:
@@ -255,12 +266,15 @@ async def rows(quick: bool, row: Any) -> list[dict[str, Any]]:
                            note=f"live {per_live * 1000 / 1024:.1f} GB of RAM; hibernated "
                                 f"{per_snap * 1000 / 1024:.2f} GB on disk or S3, no RAM"))  # fmt: skip
     seconds = 10.0 if quick else 20.0
-    for restore in (False, True):  # the RLM_SANDBOX_RESTORE default last
-        got = await new_sessions(restore, 20, seconds)
+    for restore, keep in ((False, 0), (True, 0), (True, 20)):  # RLM_SANDBOX_RESTORE's default
+        got = await new_sessions(restore, 20, seconds, keep)
         kind = "restored from a checkpoint" if restore else "booted"
+        if keep:
+            kind = f"kept for the key (RLM_SANDBOX_KEEP={keep})"
         out.append(row("sessions", f"new sessions, 20 users, runsc, {kind}: request latency",
                        got["latency"], rate=got["rate"], aim="10/s" if restore else "",
                        note=f"machine CPU {got['cpu_ms']:.0f} ms per new session; "
+                            f"{got['started']:.0f} sandboxes started; "
                             f"{len(got['failed'])} failed"))  # fmt: skip
     f = await flood(cfg)
     note = f"{f['outcome']} after {f['cut_s']:.2f} s; median lag {f['median_lag_ms']:.1f} ms"

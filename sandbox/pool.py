@@ -3,7 +3,9 @@
 ``launch`` starts one sandbox with the configured backend. ``SandboxPool`` keeps
 ``size`` ready sandboxes, refilled in the background, so taking one is a queue pop; it
 reaps containers left by earlier runs at start-up and removes every sandbox it made at
-shutdown. A sandbox is never returned to the pool: it held a session's data.
+shutdown. A sandbox that served a session never goes back to the warm pool: it held a
+session's data. With ``keep`` it may serve a later session *of the same owner* (API key),
+after a reset (a fresh interpreter, its processes killed and its scratch files removed).
 """
 
 from __future__ import annotations
@@ -295,6 +297,12 @@ class SandboxPool:
     RETRY_MAX_S = 5.0
     # How often idle sandboxes are checked for having died (a daemon restart kills them all).
     PURGE_INTERVAL_S = 1.0
+    # A kept sandbox (``keep``) not taken again within KEEP_IDLE_S is closed, and one that
+    # served KEEP_MAX_SESSIONS sessions is closed instead of being kept again: what one key's
+    # code leaves in a sandbox's kernel that a reset does not remove (System V IPC objects)
+    # lives at most that long.
+    KEEP_IDLE_S = 60.0
+    KEEP_MAX_SESSIONS = 100
 
     def __init__(
         self,
@@ -302,13 +310,21 @@ class SandboxPool:
         size: int,
         *,
         max_parallel_starts: int = 2,
+        keep: int = 0,
         on_started: Callable[[float], None] | None = None,
+        on_reused: Callable[[], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.runtime = _Runtime(cfg)
         self.size = max(0, size)
+        self.keep = max(0, keep)
         self._idle: collections.deque[SandboxHandle] = collections.deque()
         self._live: set[SandboxHandle] = set()
+        # Used sandboxes kept for their owner's next session, reset: owner -> (handle, since),
+        # oldest first; and how many sessions each live sandbox has served.
+        self._kept: dict[str, collections.deque[tuple[SandboxHandle, float]]] = {}
+        self._served: dict[SandboxHandle, int] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         self._starting = 0
         self._no_starts = asyncio.Event()
         self._no_starts.set()
@@ -318,8 +334,10 @@ class SandboxPool:
         self._closed = False
         self.last_error: str | None = None
         self._hurried = False  # the last back-off ended early (see _back_off)
-        # Told each successful start's duration in seconds (the start-time histogram).
+        # Told each successful start's duration in seconds (the start-time histogram), and
+        # each session served by a kept sandbox instead of a start.
         self.on_started = on_started
+        self.on_reused = on_reused
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -345,7 +363,9 @@ class SandboxPool:
                 await self._refill_task
         live = list(self._live)
         self._live.clear()
-        await asyncio.gather(*(h.close() for h in live), return_exceptions=True)
+        self._kept.clear()
+        self._served.clear()
+        await asyncio.gather(*(h.close() for h in live), *self._closing, return_exceptions=True)
         # Cold starts made for requests may still be in flight: each removes its own sandbox
         # when it sees the pool closed; wait for them so none outlives the service.
         try:
@@ -369,7 +389,12 @@ class SandboxPool:
 
     @property
     def in_use(self) -> int:
-        return len(self._live) - len(self._idle)
+        return len(self._live) - len(self._idle) - self.kept
+
+    @property
+    def kept(self) -> int:
+        """Used sandboxes kept (reset) for their owner's next session."""
+        return sum(len(q) for q in self._kept.values())
 
     async def problems(self) -> list[str]:
         """Why this pool cannot hand out sandboxes now (empty when it can): readiness."""
@@ -390,8 +415,19 @@ class SandboxPool:
 
     # ---- acquire / release -------------------------------------------------------------
 
-    async def acquire(self) -> SandboxHandle:
-        """A ready sandbox: from the pool when one is warm, else started now."""
+    async def acquire(self, owner: str | None = None) -> SandboxHandle:
+        """A ready sandbox: one kept for ``owner`` (see ``release``), else one from the pool
+        when one is warm, else one started now."""
+        kept = self._kept.get(owner) if owner is not None else None
+        while kept:
+            handle, _since = kept.pop()  # the most recently reset
+            if not kept:
+                del self._kept[owner]  # type: ignore[arg-type]
+            if handle.alive:
+                if self.on_reused is not None:
+                    self.on_reused()
+                return handle
+            self._discard(handle)
         while True:
             if not self._idle:
                 break
@@ -403,10 +439,60 @@ class SandboxPool:
         self._wake.set()
         return await self._launch(urgent=True)
 
-    async def release(self, handle: SandboxHandle) -> None:
-        """Close a sandbox that served a session."""
+    async def release(self, handle: SandboxHandle, owner: str | None = None) -> None:
+        """Close a sandbox that served a session; or, with ``owner`` and ``keep``, reset it and
+        keep it for that owner's next session (never another owner's). The ``keep`` most
+        recently kept sandboxes stay, each at most KEEP_IDLE_S."""
+        served = self._served.pop(handle, 0) + 1
+        if (
+            owner is None
+            or not self.keep
+            or self._closed
+            or served >= self.KEEP_MAX_SESSIONS
+            or not handle.alive
+            or handle.busy  # code of an interrupted request still runs: not worth a wait
+        ):
+            self._live.discard(handle)
+            await handle.close()
+            return
+        try:
+            await handle.reset()
+        except SandboxError:
+            self._live.discard(handle)
+            await handle.close()
+            return
+        except BaseException:  # cancelled: never leave it half reset, nor running
+            self._discard(handle)
+            raise
+        if self._closed or not handle.alive:
+            self._discard(handle)
+            return
+        self._served[handle] = served
+        self._kept.setdefault(owner, collections.deque()).append((handle, time.monotonic()))
+        while self.kept > self.keep:  # past the cap the oldest kept one goes, whoever's
+            oldest = min(self._kept, key=lambda o: self._kept[o][0][1])
+            self._discard(self._kept[oldest].popleft()[0])
+            if not self._kept[oldest]:
+                del self._kept[oldest]
+
+    def _discard(self, handle: SandboxHandle) -> None:
+        """Close ``handle`` in the background (tracked: ``close`` waits for it)."""
         self._live.discard(handle)
-        await handle.close()
+        self._served.pop(handle, None)
+        task = asyncio.create_task(handle.close(), name=f"sandbox-close-{handle.name}")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _expire_kept(self) -> None:
+        """Close kept sandboxes that died or waited past KEEP_IDLE_S."""
+        now = time.monotonic()
+        for owner in list(self._kept):
+            kept = self._kept[owner]
+            for item in [i for i in kept if not i[0].alive or now - i[1] > self.KEEP_IDLE_S]:
+                kept.remove(item)
+                self._discard(item[0])
+            if not kept:
+                del self._kept[owner]
 
     async def _launch(self, *, urgent: bool = False) -> SandboxHandle:
         if self._closed:
@@ -476,6 +562,7 @@ class SandboxPool:
         backoff = self.RETRY_MIN_S
         while not self._closed:
             await self._purge_dead()
+            self._expire_kept()
             await self._remove_orphans()
             missing = self.size - len(self._idle) - self._starting
             if missing <= 0:

@@ -154,7 +154,9 @@ def create_app(settings: Settings, worker: WorkerInfo | None = None) -> FastAPI:
     pool = SandboxPool(
         settings.sandbox_config(),
         settings.rlm_sandbox_pool_size,
+        keep=settings.rlm_sandbox_keep,
         on_started=metrics.sandbox_start.observe,
+        on_reused=metrics.sandbox_reused.inc,
     )
     upstream = Upstream(
         api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else None,
@@ -225,6 +227,7 @@ def create_app(settings: Settings, worker: WorkerInfo | None = None) -> FastAPI:
         idle=lambda: pool.idle,
         busy=lambda: pool.in_use,
         starting=lambda: pool.starting,
+        kept=lambda: pool.kept,
         queued=lambda: admission.queued,
         running=lambda: admission.running,
         upstream_in_flight=lambda: upstream.in_flight,

@@ -257,7 +257,7 @@ class ChatService:
                 session.hibernated = True
         refuse_below_memory_floor(self.settings.rlm_min_free_mb)
         try:
-            handle = session.sandbox = await self.pool.acquire()
+            handle = session.sandbox = await self.pool.acquire(session.owner)
         except SandboxError as exc:
             raise self._sandbox_failure(exc, code_ran=False) from exc
         session.turns = 0

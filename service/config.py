@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     rlm_sandbox_state_dir: str = "/var/lib/rlm-py"
     rlm_sandbox_image: str = DEFAULT_SANDBOX_IMAGE
     rlm_sandbox_pool_size: int = Field(8, ge=0)
+    # Used sandboxes kept, reset, for a later session of the same key (0: never reused)
+    rlm_sandbox_keep: int = Field(0, ge=0)
     # RLM_SANDBOX=runsc: new sandboxes restored from a checkpoint of a started worker
     rlm_sandbox_restore: bool = True
     rlm_sandbox_memory_mb: int = Field(1024, ge=128)

@@ -85,6 +85,11 @@ class Metrics:
             "rlm_sandbox_start_seconds", "Sandbox start time",
             buckets=(0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10), registry=r,
         )  # fmt: skip
+        self.sandbox_reused = Counter(
+            "rlm_sandbox_reused_total",
+            "New sessions served by a sandbox kept for their key (RLM_SANDBOX_KEEP), not a start",
+            registry=r,
+        )
 
     def sandbox_faults_total(self) -> float:
         """Every sandbox fault so far, of any kind."""
@@ -95,7 +100,7 @@ class Metrics:
         return _total(self.errors, type="upstream_error")
 
     def bind_gauges(self, *, sessions: Callable[[], int], idle: Callable[[], int],
-                    busy: Callable[[], int], starting: Callable[[], int],
+                    busy: Callable[[], int], starting: Callable[[], int], kept: Callable[[], int],
                     queued: Callable[[], int], running: Callable[[], int],
                     upstream_in_flight: Callable[[], int]) -> None:  # fmt: skip
         """Gauges read live values at scrape time."""
@@ -103,6 +108,7 @@ class Metrics:
         self.sandboxes.labels("idle").set_function(idle)
         self.sandboxes.labels("busy").set_function(busy)
         self.sandboxes.labels("starting").set_function(starting)
+        self.sandboxes.labels("kept").set_function(kept)
         self.queue_depth.set_function(queued)
         self.running.set_function(running)
         self.upstream_in_flight.set_function(upstream_in_flight)

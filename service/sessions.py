@@ -348,18 +348,22 @@ class SessionStore:
                 continue
             if session.owner == owner or self.owned(session.owner) > self.per_key:
                 log.info("making room: session %s leaves this process", key[1])
-                if not await self.hibernate(session):
+                # Its sandbox may go on to serve the new session when both are the key's.
+                keep = session.owner == owner
+                if not await self.hibernate(session, keep=keep):
                     await self.close(
                         key[1],
                         owner=session.owner,
                         reason="evicted to make room for a new session (RLM_MAX_SESSIONS_PER_KEY)",
+                        keep=keep,
                     )
                 return
         raise Overloaded(refusal, retry_after=5)
 
-    async def hibernate(self, session: Session) -> bool:
-        """Snapshot a live, idle session into the store and close its sandbox; False when
-        it cannot (no store, too large: it stays live and says why)."""
+    async def hibernate(self, session: Session, *, keep: bool = False) -> bool:
+        """Snapshot a live, idle session into the store and close its sandbox (``keep``: or
+        keep it for the key's next session, see ``_drop``); False when it cannot (no store,
+        too large: it stays live and says why)."""
         if self.durability is None or session.busy:
             return False
         key = (session.owner, session.id)
@@ -396,11 +400,13 @@ class SessionStore:
             session.running = False
             session._lock.release()
         log.info("session %s hibernated (%d bytes)", session.id, meta.size)
-        await self._drop(key)
+        await self._drop(key, keep=keep)
         return True
 
-    async def _drop(self, key: Key) -> None:
-        """Remove a session from this process (its state is elsewhere): sandbox, lease."""
+    async def _drop(self, key: Key, *, keep: bool = False) -> None:
+        """Remove a session from this process (its state is elsewhere): sandbox, lease.
+        ``keep``: the pool may reset its sandbox and keep it for a later session of the same
+        key (RLM_SANDBOX_KEEP); never for a sandbox that misbehaved."""
         session = self._sessions.pop(key, None)
         if session is None:
             return
@@ -408,7 +414,7 @@ class SessionStore:
         session.closed = True
         if session.sandbox is not None:
             handle, session.sandbox = session.sandbox, None
-            await self.pool.release(handle)
+            await self.pool.release(handle, session.owner if keep else None)
         if self.durability is not None:
             await self.durability.release(session.lease)
         session.lease = None
@@ -421,10 +427,15 @@ class SessionStore:
             self._owned.pop(owner, None)
 
     async def close(
-        self, session_id: str, reason: str | None = None, *, owner: str | None = None
+        self,
+        session_id: str,
+        reason: str | None = None,
+        *,
+        owner: str | None = None,
+        keep: bool = False,
     ) -> None:
-        """Close a session and its sandbox; with a ``reason`` its id is remembered as lost
-        (here, and in the store for every other process)."""
+        """Close a session and its sandbox (``keep``: see ``_drop``); with a ``reason`` its id
+        is remembered as lost (here, and in the store for every other process)."""
         keys = [k for k in self._sessions if k[1] == session_id and owner in (None, k[0])]
         for key in keys:
             session = self._sessions[key]
@@ -437,12 +448,12 @@ class SessionStore:
                     self._gone.popitem(last=False)
                 if self.durability is not None and session.lease is not None:
                     await self.durability.forget(key[0], session_id, reason, session.lease.token)
-            await self._drop(key)
+            await self._drop(key, keep=keep)
 
     async def delete(self, session_id: str, owner: str, reason: str) -> None:
         """Delete a session wherever its state is (live here, or in the store)."""
         if (owner, session_id) in self._sessions:
-            await self.close(session_id, reason, owner=owner)
+            await self.close(session_id, reason, owner=owner, keep=True)
             return
         self._gone[(owner, session_id)] = Tombstone(session_id, owner, reason, time.monotonic())
         if self.durability is not None:

@@ -10,7 +10,7 @@ import pytest
 
 from sandbox.config import SandboxConfig
 from sandbox.docker_backend import LABEL_INSTANCE, LABEL_MANAGED, client
-from sandbox.errors import SandboxStartError, SandboxUnavailable
+from sandbox.errors import SandboxError, SandboxStartError, SandboxUnavailable
 from sandbox.pool import SandboxPool, launch
 
 from .conftest import assert_no_leak, containers
@@ -124,3 +124,93 @@ async def test_pool_refill_failure_is_reported(docker_cfg: SandboxConfig) -> Non
     finally:
         await pool.close()
     await assert_no_leak([])
+
+
+_LEFTOVERS = (
+    "import os, sys\n"
+    "print('secret' in globals(), 'colorsys' in sys.modules, os.listdir('/tmp'), os.listdir('/dev/shm'))"
+)
+
+
+async def test_a_kept_sandbox_serves_only_its_owner_and_comes_back_reset(
+    runsc_cfg: SandboxConfig,
+) -> None:
+    reused: list[int] = []
+    pool = SandboxPool(runsc_cfg, size=0, keep=2, on_reused=lambda: reused.append(1))
+    await pool.start()
+    try:
+        alice = await pool.acquire("alice")
+        await alice.exec(
+            "secret = 'of alice'\nimport colorsys\nopen('/tmp/left', 'w').write('x')\n"
+            "open('/dev/shm/left', 'w').write('x')"
+        )
+        await pool.release(alice, "alice")
+        assert alice.alive and pool.kept == 1 and pool.in_use == 0
+        bob = await pool.acquire("bob")
+        assert bob is not alice and reused == []  # another key never gets it: a start
+        again = await pool.acquire("alice")
+        assert again is alice and reused == [1] and pool.kept == 0 and pool.in_use == 2
+        # A fresh interpreter: no variable, module or file of the last session.
+        assert (await again.exec(_LEFTOVERS)).stdout == "False False [] []\n"
+        await pool.release(bob)  # no owner: closed, never kept
+        assert not bob.alive and pool.kept == 0
+        ids = await asyncio.to_thread(containers)
+    finally:
+        await pool.close()
+    assert not alice.alive
+    await assert_no_leak(ids)
+
+
+async def test_kept_sandboxes_are_capped_expire_and_never_outlive_the_pool(
+    runsc_cfg: SandboxConfig,
+) -> None:
+    pool = SandboxPool(runsc_cfg, size=0, keep=2)
+    await pool.start()
+    try:
+        boxes = [await pool.acquire(owner) for owner in ("a", "b", "c")]
+        for box, owner in zip(boxes, ("a", "b", "c"), strict=True):
+            await pool.release(box, owner)
+        assert pool.kept == 2  # past the cap the oldest (a's) is closed, whoever's it was
+        deadline = time.monotonic() + 10
+        while boxes[0].alive:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        assert boxes[1].alive and boxes[2].alive
+        fresh = await pool.acquire("a")  # a's is gone: a start
+        assert fresh not in boxes
+        # A sandbox whose code is still running is not kept: no reset under it.
+        running = asyncio.create_task(fresh.exec("import time; time.sleep(30)"))
+        deadline = time.monotonic() + 10
+        while not fresh.busy:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        await pool.release(fresh, "a")
+        assert not fresh.alive and pool.kept == 2
+        with pytest.raises(SandboxError):
+            await running
+        pool.KEEP_IDLE_S = 0.2  # kept ones not taken in time are closed by the refill loop
+        deadline = time.monotonic() + 10
+        while pool.kept or boxes[1].alive or boxes[2].alive:
+            assert time.monotonic() < deadline, f"{pool.kept} still kept"
+            await asyncio.sleep(0.05)
+        ids = await asyncio.to_thread(containers)
+    finally:
+        await pool.close()
+    await assert_no_leak(ids)
+
+
+async def test_a_sandbox_is_kept_for_a_bounded_number_of_sessions(
+    runsc_cfg: SandboxConfig,
+) -> None:
+    pool = SandboxPool(runsc_cfg, size=0, keep=1)
+    pool.KEEP_MAX_SESSIONS = 3
+    await pool.start()
+    try:
+        first = await pool.acquire("a")
+        for _ in range(2):  # sessions 1 and 2 end: kept each time
+            await pool.release(first, "a")
+            assert await pool.acquire("a") is first
+        await pool.release(first, "a")  # the third: closed
+        assert not first.alive and pool.kept == 0
+    finally:
+        await pool.close()

@@ -60,3 +60,51 @@ def test_turns_resets_and_shutdown_on_runsc(up: ScriptedUpstream, docker_ready: 
         assert ask(client, "And one more?", session_id=session)[0] == str(magic + 1)
         assert ask(client, "Fresh start", session_id=session, reset=True)[0] == "False"
     assert runsc_sandboxes(srv) == []
+
+
+def test_a_deleted_sessions_sandbox_serves_the_same_keys_next_session_reset(
+    up: ScriptedUpstream, docker_ready: None
+) -> None:
+    """RLM_SANDBOX_KEEP: DELETE resets the sandbox and keeps it for the key's next new
+    session (no start); another key's session never gets it."""
+    import httpx
+
+    env = service_env(
+        up, rlm_sandbox="runsc", rlm_sandbox_pool_size=0, rlm_sandbox_keep=2,
+        rlm_instance=INSTANCE, rlm_sandbox_memory_mb=256,
+    )  # fmt: skip
+    with ServiceServer(**env) as srv:
+        wait_until_up(srv.url + "/readyz", timeout_s=60, name="the service on runsc")
+        alpha = openai.OpenAI(base_url=srv.url + "/v1", api_key=KEY, max_retries=0)
+        beta = openai.OpenAI(base_url=srv.url + "/v1", api_key="key-beta", max_retries=0)
+
+        def sandbox_of(session: str, key: str) -> str:
+            r = httpx.get(
+                f"{srv.url}/v1/sessions/{session}", headers={"authorization": f"Bearer {key}"}
+            )
+            assert r.status_code == 200, r.text
+            return str(r.json()["sandbox"]["name"])
+
+        def metric(line: str) -> float:
+            text = httpx.get(srv.url + "/metrics").text
+            return float(next(x for x in text.splitlines() if x.startswith(line)).split()[-1])
+
+        up.policy = Router([
+            answer("(globals().setdefault('secret', 'of alpha'), 'ok')[1]"),
+            answer("'secret' in globals()"),
+            answer("'secret' in globals()"),
+        ])  # fmt: skip
+        content, first = ask(alpha, "Remember a secret")
+        assert content == "ok"
+        box = sandbox_of(first, KEY)
+        auth = {"authorization": f"Bearer {KEY}"}
+        assert httpx.delete(f"{srv.url}/v1/sessions/{first}", headers=auth).status_code == 200
+        assert metric('rlm_sandboxes{state="kept"}') == 1
+        content, other = ask(beta, "Another tenant")
+        assert content == "False" and sandbox_of(other, "key-beta") != box
+        content, second = ask(alpha, "A new session of the same key")
+        assert content == "False"  # a fresh interpreter in the same sandbox
+        assert second != first and sandbox_of(second, KEY) == box
+        assert metric("rlm_sandbox_reused_total") == 1
+        assert metric('rlm_sandboxes{state="kept"}') == 0
+    assert runsc_sandboxes(srv) == []
