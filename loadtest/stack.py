@@ -9,6 +9,8 @@ container of that instance is left (removing any it finds and reporting them in
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import os
 import signal
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import IO
 
 from loadtest.upstream import free_port, wait_until_up
+from sandbox import runsc_backend
 from sandbox.config import SandboxConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,15 +174,23 @@ def _runsc_sandboxes(instance: str) -> list[str]:
 
 
 def remove_containers(instance: str) -> list[str]:
-    """Remove what a stopped service left behind; returns what there was (should be [])."""
+    """Remove what a stopped service left behind; returns what there was (should be []).
+
+    Sandboxes runsc runs directly, with their bundles, cgroups and checkpoint, go through
+    the service's own reaper: a bundle whose sandbox runsc no longer lists (a service killed
+    mid-start) is found too."""
     ids = container_ids(instance)
     direct = set(_runsc_sandboxes(instance))
-    in_docker = [i for i in ids if i not in direct]
+    bundles = Path(SandboxConfig().state_dir) / "bundles"
+    leftover = {p.name for p in bundles.glob(f"rlm-{instance}-*")} - direct
+    ids += sorted(leftover)
+    in_docker = [i for i in ids if i not in direct and i not in leftover]
     if in_docker:
         subprocess.run(["docker", "rm", "-f", *in_docker], capture_output=True, timeout=120)
-    for name in direct:
-        for args in (["kill", "--all", name, "KILL"], ["delete", "--force", name]):
-            subprocess.run(["runsc", "--root", RUNSC_ROOT, *args], capture_output=True, timeout=60)
+    if direct or leftover:
+        cfg = SandboxConfig(backend="runsc", instance=instance)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # callers may run a loop
+            pool.submit(asyncio.run, runsc_backend.reap(cfg)).result(timeout=300)
     return ids
 
 
