@@ -1190,6 +1190,7 @@ class _Ipc:
 
     def __init__(self, libc: Any) -> None:
         self.libc = libc
+        self.listing = os.path.isdir("/proc/sysvipc")  # once: a reset spends no open on it
         self.mark = {kind: self._probe(kind) for kind in _IPC_KINDS}
 
     def _make(self, kind: str) -> int:
@@ -1214,8 +1215,9 @@ class _Ipc:
             self._remove(kind, ident)
         return ident
 
-    @staticmethod
-    def _listed(kind: str) -> list[int] | None:
+    def _listed(self, kind: str) -> list[int] | None:
+        if not self.listing:
+            return None
         try:
             with open(f"/proc/sysvipc/{kind}", "rb") as f:
                 lines = f.read().splitlines()[1:]
