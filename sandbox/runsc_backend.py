@@ -220,6 +220,15 @@ class _Image:
         self.id, self.rootfs, self.env = image_id, rootfs, env
         self.checked = time.monotonic()
 
+    def usable(self) -> bool:
+        """Looked up within IMAGE_RECHECK_S, and its export is still there: another process
+        with another image prunes exports no live sandbox uses (``_prune``), ours included
+        while we have none running."""
+        return time.monotonic() - self.checked < IMAGE_RECHECK_S and self.present()
+
+    def present(self) -> bool:
+        return (self.rootfs / "etc").is_dir()
+
 
 _images: dict[str, _Image] = {}
 _image_lock = asyncio.Lock()
@@ -229,11 +238,11 @@ _runtimes: dict[str, tuple[str, list[str]]] = {}  # runtime name: (Docker's path
 async def _resolve_image(cfg: SandboxConfig) -> _Image:
     """The image's exported root filesystem and environment, exporting it when new."""
     known = _images.get(cfg.image)
-    if known is not None and time.monotonic() - known.checked < IMAGE_RECHECK_S:
+    if known is not None and known.usable():
         return known
     async with _image_lock:
         known = _images.get(cfg.image)
-        if known is not None and time.monotonic() - known.checked < IMAGE_RECHECK_S:
+        if known is not None and known.usable():
             return known
         try:
             attrs = (await run_blocking(client().images.get, cfg.image)).attrs
@@ -242,7 +251,7 @@ async def _resolve_image(cfg: SandboxConfig) -> _Image:
                 f"sandbox image {cfg.image!r} not found: run `make image` (RLM_SANDBOX_IMAGE)"
             ) from exc
         except (docker.errors.DockerException, SandboxUnavailable) as exc:
-            if known is not None:  # Docker is away: the exported image still serves
+            if known is not None and known.present():  # Docker is away: the export serves
                 log.debug("image lookup failed, keeping %s: %s", known.id[:19], exc)
                 known.checked = time.monotonic()
                 return known
@@ -251,7 +260,7 @@ async def _resolve_image(cfg: SandboxConfig) -> _Image:
             ) from exc
         image_id: str = attrs["Id"]
         env: list[str] = list((attrs.get("Config") or {}).get("Env") or [])
-        if known is not None and known.id == image_id:
+        if known is not None and known.id == image_id and known.present():
             known.checked = time.monotonic()
             return known
         rootfs = await _export(cfg, image_id)

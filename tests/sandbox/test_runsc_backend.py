@@ -298,6 +298,22 @@ async def test_an_unusable_state_dir_is_a_start_error(
 # ---- checkpoint and restore (measured against cold boots in make bench) ---------------
 
 
+async def test_an_export_pruned_under_us_is_unpacked_again(runsc_cfg: SandboxConfig) -> None:
+    """A process with another image prunes the exports no live sandbox uses: ours, while we
+    have none running. The next start unpacks it again instead of failing for good (it used
+    to trust the cached path, and every start died: "cannot read client sync file")."""
+    cfg = dataclasses.replace(runsc_cfg, restore=False)
+    await (await launch(cfg)).close()
+    image = runsc_backend._images[cfg.image]
+    await asyncio.to_thread(shutil.rmtree, image.rootfs)  # what _prune does to it
+    box = await launch(cfg)
+    try:
+        assert (await box.exec("print(6 * 7)")).stdout == "42\n"
+    finally:
+        await box.close()
+    assert (image.rootfs / "etc").is_dir()
+
+
 async def test_a_checkpointed_worker_restores_into_independent_sandboxes(
     runsc_cfg: SandboxConfig, tmp_path: Path
 ) -> None:
