@@ -474,6 +474,9 @@ class RunscProcess(PipeProcess):
                 await _delete(self._cfg, self.id)
             _, bundles, _ = state_paths(self._cfg)
             shutil.rmtree(bundles / self.id, ignore_errors=True)
+            # runsc removes them when its container ends, but not when it dies starting it
+            # (measured: "cannot read client sync file" left all nine v1 hierarchies).
+            await _remove_cgroups(self.id)
         self._close_pipes()
 
 

@@ -314,6 +314,21 @@ async def test_an_export_pruned_under_us_is_unpacked_again(runsc_cfg: SandboxCon
     assert (image.rootfs / "etc").is_dir()
 
 
+async def test_a_sandbox_that_dies_starting_leaves_no_cgroup(
+    runsc_cfg: SandboxConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """runsc dies before its sandbox runs (here: the root filesystem vanished between our
+    check and its start). It removes the bundle's container but not its cgroups: we do."""
+    cfg = dataclasses.replace(runsc_cfg, restore=False, instance="rlm-test-dies-starting")
+    await (await launch(cfg)).close()
+    image = runsc_backend._images[cfg.image]
+    monkeypatch.setattr(runsc_backend._Image, "present", lambda self: True)
+    monkeypatch.setattr(image, "rootfs", Path("/nonexistent/rootfs"))
+    with pytest.raises(SandboxStartError, match="died at start-up"):
+        await launch(cfg)
+    await assert_no_leak([], cfg.instance)
+
+
 async def test_a_checkpointed_worker_restores_into_independent_sandboxes(
     runsc_cfg: SandboxConfig, tmp_path: Path
 ) -> None:
