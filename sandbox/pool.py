@@ -372,8 +372,18 @@ class SandboxPool:
             await asyncio.wait_for(self._no_starts.wait(), self.cfg.start_timeout_s + 10)
         except TimeoutError:
             log.warning("%d sandbox starts still running at shutdown", self._starting)
-        if await self._remove_orphans():
-            log.warning("sandbox containers left for the next start's reaping: Docker is away")
+        await self._remove_orphans()
+        # Then every sandbox of this instance, known or not: a start cut short by a daemon
+        # crash can leave a container whose creation never answered. The instance is ours
+        # alone (the start-up reaping removes whatever another process left under it).
+        if self.runtime.pingable:
+            try:
+                stray = await self.runtime.reap()
+            except SandboxError as exc:
+                log.warning("sandboxes left for the next start's reaping: %s", exc)
+            else:
+                if stray:
+                    log.warning("removed %d sandboxes this pool had lost track of", stray)
         await self.runtime.remove_checkpoints()
 
     # ---- stats -------------------------------------------------------------------------

@@ -87,6 +87,24 @@ async def test_reaper_removes_leftovers_of_this_instance_only(docker_cfg: Sandbo
     await assert_no_leak([bystander], other.instance)
 
 
+async def test_close_removes_a_sandbox_the_pool_lost_track_of(docker_cfg: SandboxConfig) -> None:
+    """A create the daemon carried out but never answered (it crashed): the pool never
+    learnt the container's id. Its shutdown removes it anyway, by the instance label."""
+    cfg = dataclasses.replace(docker_cfg, instance="rlm-test-lost-track")
+    pool = SandboxPool(cfg, size=0)
+    await pool.start()
+    try:
+        lost = await asyncio.to_thread(
+            lambda: client().containers.create(
+                cfg.image, ["sleep", "60"], network_mode="none", runtime=cfg.runtime,
+                labels={LABEL_MANAGED: "1", LABEL_INSTANCE: cfg.instance},
+            ).id
+        )  # fmt: skip
+    finally:
+        await pool.close()
+    await assert_no_leak([lost], cfg.instance)
+
+
 async def test_unknown_backend_is_unavailable(docker_cfg: SandboxConfig) -> None:
     with pytest.raises(
         SandboxUnavailable, match=r"unknown sandbox backend 'firecracker'.*RLM_SANDBOX"
