@@ -1154,6 +1154,11 @@ _RESET_NOTE = struct.Struct(">q")
 _TOKEN_BYTES = 16
 _EXIT_INTERNAL = 70  # a REPL that failed in the worker's own code
 _PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_SET_CHILD_SUBREAPER = 1, 4, 36
+_PR_SET_SECCOMP, _PR_SET_NO_NEW_PRIVS, _SECCOMP_MODE_FILTER = 22, 38, 2
+# POSIX message queues outlive their processes and, with no /dev/mqueue mounted, cannot be
+# listed to be removed at a reset: a REPL may not make or open one (mq_open fails with
+# ENOSYS). Per architecture: the audit arch seccomp reports, and mq_open's number.
+_MQ_OPEN = {"x86_64": (0xC000003E, 240), "aarch64": (0xC00000B7, 180)}
 # What same-uid code can change about *another* process of the sandbox without privileges
 # (prlimit, setpriority, sched_setscheduler, sched_setaffinity: all measured to work under
 # gVisor). A released spare compares these with the server's start-up values. The limits are
@@ -1245,6 +1250,37 @@ class _Ipc:
                 self._remove(kind, ident)
             self.mark[kind] = probe
         return True
+
+
+def _no_mq_filter() -> Any:
+    """A seccomp program (``struct sock_fprog``) failing mq_open with ENOSYS, and every
+    system call of another architecture with EPERM; None on an architecture not listed."""
+    import ctypes  # loaded by ``harden`` already
+
+    arch_nr = _MQ_OPEN.get(os.uname().machine)
+    if arch_nr is None:
+        return None
+    arch, nr = arch_nr
+    ld_abs, jeq, ret = 0x20, 0x15, 0x06  # BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_RET
+    allow, errno_ret = 0x7FFF0000, 0x00050000  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO
+
+    class Insn(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8),
+                    ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]  # fmt: skip
+
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Insn))]
+
+    insns = (Insn * 7)(
+        Insn(ld_abs, 0, 0, 4),  # 0: seccomp_data.arch
+        Insn(jeq, 0, 4, arch),  # 1: another architecture -> 6
+        Insn(ld_abs, 0, 0, 0),  # 2: seccomp_data.nr
+        Insn(jeq, 0, 1, nr),  # 3: mq_open -> 4, else -> 5
+        Insn(ret, 0, 0, errno_ret | errno.ENOSYS),  # 4
+        Insn(ret, 0, 0, allow),  # 5
+        Insn(ret, 0, 0, errno_ret | errno.EPERM),  # 6
+    )
+    return Prog(len(insns), insns)  # (the structure keeps the array alive)
 
 
 def _fingerprint() -> tuple[Any, ...]:
@@ -1426,6 +1462,7 @@ class ForkServer:
         self.held_libc: Any = None
         self.proc_links = 0
         self.ipc: _Ipc | None = None
+        self.no_mq: Any = None  # the seccomp program every REPL installs (see _no_mq_filter)
         self.baseline = _fingerprint()
 
     def _scratch_dirs(self) -> list[str]:
@@ -1488,6 +1525,7 @@ class ForkServer:
         self.proc_links = os.stat("/proc").st_nlink - sum(n.isdigit() for n in names) + 3
         if self.contained:  # a host's IPC objects are not ours to remove
             self.ipc = _Ipc(libc)
+            self.no_mq = _no_mq_filter()
         if not (self.contained and _yama_scope() >= 1):
             libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0)
         if not self.contained:
@@ -1572,6 +1610,15 @@ class ForkServer:
         os.set_blocking(notify_w, False)
         worker.libc, worker.contained = self.held_libc, self.contained
         worker.proc_links = self.proc_links
+        if self.no_mq is not None:  # before any user code; its processes inherit it
+            import ctypes
+
+            if (
+                self.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                or self.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(self.no_mq), 0, 0)
+                != 0
+            ):
+                os._exit(_EXIT_INTERNAL)  # never serve user code without it
         if self.prctl is not None:
             # Processes of user code stay ours to kill when their block returns.
             self.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)

@@ -405,3 +405,25 @@ async def test_a_reset_empties_a_full_ipc_table(contained: SandboxHandle) -> Non
     assert await run(contained, IPC + (
         "ids = [libc.shmget(0, 1, C | 0o600) for _ in range(100)]\nprint(min(ids) >= 0)"
     )) == "True\n"  # fmt: skip
+
+
+MQ_OPEN = (
+    "import ctypes, os\n"
+    "rt = ctypes.CDLL('librt.so.1', use_errno=True)\n"
+    "print(rt.mq_open(b'/left', os.O_CREAT | os.O_RDWR, 0o600, None), ctypes.get_errno())\n"
+)
+
+
+async def test_posix_message_queues_are_refused(contained: SandboxHandle) -> None:
+    """POSIX message queues would outlive a reset (gVisor mounts no /dev/mqueue to list
+    them by): a REPL and its processes may not open one (ENOSYS, from a seccomp filter)."""
+    assert await run(contained, MQ_OPEN) == "-1 38\n"
+    child = (
+        "import subprocess, sys\n"
+        f"print(subprocess.run([sys.executable, '-c', {MQ_OPEN!r}], capture_output=True,"
+        " text=True).stdout, end='')"
+    )
+    assert await run(contained, child) == "-1 38\n"
+    await contained.reset()
+    assert await run(contained, MQ_OPEN) == "-1 38\n"  # the fresh REPL too
+    assert await run(contained, "print(6 * 7)") == "42\n"
