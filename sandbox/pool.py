@@ -428,12 +428,13 @@ class SandboxPool:
     async def acquire(self, owner: str | None = None) -> SandboxHandle:
         """A ready sandbox: one kept for ``owner`` (see ``release``), else one from the pool
         when one is warm, else one started now."""
-        kept = self._kept.get(owner) if owner is not None else None
+        kept = self._kept.get(owner) if owner is not None and not self._closed else None
         while kept:
-            handle, _since = kept.pop()  # the most recently reset
+            handle, since = kept.pop()  # the most recently reset
             if not kept:
                 del self._kept[owner]  # type: ignore[arg-type]
-            if handle.alive:
+            # (The refill loop closes expired ones, but may be busy starting a sandbox.)
+            if handle.alive and time.monotonic() - since <= self.KEEP_IDLE_S:
                 if self.on_reused is not None:
                     self.on_reused()
                 return handle

@@ -53,6 +53,7 @@ import signal
 import struct
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 try:  # run as a script inside the image, or as part of the host package
@@ -1230,16 +1231,24 @@ class _Ipc:
             return None
         return [int(line.split()[1]) for line in lines if len(line.split()) > 1]
 
-    def clear(self) -> bool:
-        """Remove every object made since the last call; False when that cannot be done."""
+    def clear(self, settle: Callable[[], None]) -> bool:
+        """Remove every object made since the last call; False when that cannot be done.
+
+        A removed shared-memory segment lives on, attachable by its id, while a process
+        still has it attached: ``settle`` (waiting for the killed REPL's exit) runs first
+        whenever there are segments to remove."""
         for kind in _IPC_KINDS:
             listed = self._listed(kind)
             if listed is not None:
+                if listed and kind == "shm":
+                    settle()
                 for ident in listed:
                     self._remove(kind, ident)
                 continue
-            start = self.mark[kind] + 1
+            start = self.mark[kind]  # the last probe's own id too (it was removed at once)
             probe = self._probe(kind)
+            if kind == "shm" and probe != start + 1:
+                settle()
             if probe < 0:  # the table is full: what fills it was made since the mark
                 for ident in range(start, start + _IPC_SCAN_MAX):
                     self._remove(kind, ident)
@@ -1254,14 +1263,16 @@ class _Ipc:
 
 def _no_mq_filter() -> Any:
     """A seccomp program (``struct sock_fprog``) failing mq_open with ENOSYS, and every
-    system call of another architecture with EPERM; None on an architecture not listed."""
+    system call of another architecture (or x86_64's x32) with EPERM; None on an
+    architecture not listed."""
     import ctypes  # loaded by ``harden`` already
 
     arch_nr = _MQ_OPEN.get(os.uname().machine)
     if arch_nr is None:
         return None
     arch, nr = arch_nr
-    ld_abs, jeq, ret = 0x20, 0x15, 0x06  # BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_RET
+    # BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_JMP|BPF_JGE|BPF_K, BPF_RET|BPF_K
+    ld_abs, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
     allow, errno_ret = 0x7FFF0000, 0x00050000  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO
 
     class Insn(ctypes.Structure):
@@ -1271,14 +1282,16 @@ def _no_mq_filter() -> Any:
     class Prog(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Insn))]
 
-    insns = (Insn * 7)(
+    # (Jump offsets count from the next instruction.)
+    insns = (Insn * 8)(
         Insn(ld_abs, 0, 0, 4),  # 0: seccomp_data.arch
-        Insn(jeq, 0, 4, arch),  # 1: another architecture -> 6
+        Insn(jeq, 0, 5, arch),  # 1: another architecture -> 7
         Insn(ld_abs, 0, 0, 0),  # 2: seccomp_data.nr
-        Insn(jeq, 0, 1, nr),  # 3: mq_open -> 4, else -> 5
-        Insn(ret, 0, 0, errno_ret | errno.ENOSYS),  # 4
-        Insn(ret, 0, 0, allow),  # 5
-        Insn(ret, 0, 0, errno_ret | errno.EPERM),  # 6
+        Insn(jge, 3, 0, 0x40000000),  # 3: x32's numbers (same audit arch on x86_64) -> 7
+        Insn(jeq, 0, 1, nr),  # 4: mq_open -> 5, else -> 6
+        Insn(ret, 0, 0, errno_ret | errno.ENOSYS),  # 5
+        Insn(ret, 0, 0, allow),  # 6
+        Insn(ret, 0, 0, errno_ret | errno.EPERM),  # 7
     )
     return Prog(len(insns), insns)  # (the structure keeps the array alive)
 
@@ -1770,7 +1783,16 @@ class ForkServer:
             return self._fail("processes of the previous REPL could not be killed")
         if not all(_empty_dir(path) for path in self.scratch):
             return self._fail("files of the previous REPL could not be removed")
-        if self.ipc is not None and not self.ipc.clear():
+
+        def settle() -> None:  # the old REPL gone: nothing of it holds a segment attached
+            for pid in dying:
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
+            dying.clear()
+
+        if self.ipc is not None and not self.ipc.clear(settle):
             return self._fail("System V IPC objects of the previous REPL could not be removed")
         spare, self.spare = (None, self.spare) if fallback else (self.spare, None)
         if spare is not None:

@@ -414,6 +414,9 @@ class SessionStore:
         session.closed = True
         if session.sandbox is not None:
             handle, session.sandbox = session.sandbox, None
+            # Never kept while a turn holds it or waits for it (one that began while the
+            # session was being closed): its code could still run in the next session.
+            keep = keep and not session.busy
             await self.pool.release(handle, session.owner if keep else None)
         if self.durability is not None:
             await self.durability.release(session.lease)

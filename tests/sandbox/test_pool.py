@@ -211,6 +211,27 @@ async def test_kept_sandboxes_are_capped_expire_and_never_outlive_the_pool(
         while pool.kept or boxes[1].alive or boxes[2].alive:
             assert time.monotonic() < deadline, f"{pool.kept} still kept"
             await asyncio.sleep(0.05)
+        pool.KEEP_IDLE_S = 60.0
+        last = await pool.acquire("z")
+        await pool.release(last, "z")
+        assert pool.kept == 1 and last.alive  # kept as the pool closes: closed with it
+        ids = await asyncio.to_thread(containers)
+    finally:
+        await pool.close()
+    assert not last.alive
+    await assert_no_leak(ids)
+
+
+async def test_an_expired_kept_sandbox_is_never_handed_out(runsc_cfg: SandboxConfig) -> None:
+    pool = SandboxPool(runsc_cfg, size=0, keep=1)
+    pool.KEEP_IDLE_S = 0.05
+    await pool.start()
+    try:
+        box = await pool.acquire("a")
+        await pool.release(box, "a")
+        await asyncio.sleep(0.1)  # expired: acquire skips it even before the loop closes it
+        fresh = await pool.acquire("a")
+        assert fresh is not box
         ids = await asyncio.to_thread(containers)
     finally:
         await pool.close()
@@ -230,5 +251,7 @@ async def test_a_sandbox_is_kept_for_a_bounded_number_of_sessions(
             assert await pool.acquire("a") is first
         await pool.release(first, "a")  # the third: closed
         assert not first.alive and pool.kept == 0
+        ids = await asyncio.to_thread(containers)
     finally:
         await pool.close()
+    await assert_no_leak(ids)
