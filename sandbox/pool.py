@@ -5,7 +5,7 @@
 reaps containers left by earlier runs at start-up and removes every sandbox it made at
 shutdown. A sandbox that served a session never goes back to the warm pool: it held a
 session's data. With ``keep`` it may serve a later session *of the same owner* (API key),
-after a reset (a fresh interpreter, its processes killed and its scratch files removed).
+after a reset (a fresh interpreter; its processes, scratch files and IPC objects gone).
 """
 
 from __future__ import annotations
@@ -299,8 +299,8 @@ class SandboxPool:
     PURGE_INTERVAL_S = 1.0
     # A kept sandbox (``keep``) not taken again within KEEP_IDLE_S is closed, and one that
     # served KEEP_MAX_SESSIONS sessions is closed instead of being kept again: what one key's
-    # code leaves in a sandbox's kernel that a reset does not remove (System V IPC objects)
-    # lives at most that long.
+    # code leaves in a sandbox's kernel that a reset does not remove (caches, accounting,
+    # whatever an exploit planted) lives at most that long.
     KEEP_IDLE_S = 60.0
     KEEP_MAX_SESSIONS = 100
 
