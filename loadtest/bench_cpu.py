@@ -16,6 +16,12 @@ another commit (default: the previous one) checked out in a git worktree, so the
 prints beside the previous commit's figures from the same run.
 
     python -m loadtest.bench_cpu [--seconds 20] [--users 20] [--baseline HEAD~1|none]
+                                 [--profile DIR]
+
+``--profile`` samples the service with py-spy (threads holding the GIL) in each window and
+prints the functions by their share per request. Under load the samples also count the
+moments the loop holds the GIL but waits for a core (a write that woke a sandbox's thread
+on its CPU), so their sum exceeds the measured CPU; at 1 user they come close to it.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ GROUPS = (
     "other processes",
 )
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+PROFILE_HZ = 200
 
 
 @dataclass
@@ -140,16 +147,78 @@ async def pool_refilled(base_url: str, size: int, timeout_s: float = 180.0) -> N
     raise TimeoutError(f"the pool did not refill to {size} within {timeout_s:g}s: {state}")
 
 
+def _slug(label: str) -> str:
+    return re.sub(r"\W+", "-", label).strip("-")
+
+
+def start_profile(out: Path, pid: int, seconds: float) -> subprocess.Popen[bytes]:
+    """py-spy on the service process (its main thread and the others) for the measured
+    window, sampling without stopping it (``--nonblocking``), as collapsed stacks."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).with_name("py-spy")
+    return subprocess.Popen(
+        [str(spy), "record", "--pid", str(pid), "--rate", str(PROFILE_HZ), "--format", "raw",
+         "--nonblocking", "--gil", "--duration", str(max(1, int(seconds))), "--output", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def _frame(raw: str) -> str:
+    """``name (path/file.py:line)`` -> ``name (file.py)``: one entry per function."""
+    name, _, where = raw.partition(" (")
+    return f"{name} ({where.rsplit(':', 1)[0].rsplit('/', 1)[-1]})" if where else name
+
+
+def hot_spots(path: Path, requests: int, top: int = 30) -> str:
+    """The service's CPU per request by function, from py-spy's collapsed stacks: each
+    function's own samples and the samples with it anywhere on the stack, in ms per request
+    (idle samples are not recorded)."""
+    own: dict[str, int] = {}
+    within: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [_frame(f) for f in stack.split(";")[1:]]  # the first is the thread
+        if frames:
+            own[frames[-1]] = own.get(frames[-1], 0) + n
+        for f in set(frames):
+            within[f] = within.get(f, 0) + n
+    ms = 1000 / PROFILE_HZ / max(1, requests)
+    lines = [f"py-spy: {total * ms:.2f} ms of the service's CPU per request sampled ({path})",
+             "own ms/req | within ms/req | function"]  # fmt: skip
+    for name, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"{n * ms:10.3f} | {within[name] * ms:13.3f} | {name}")
+    lines.append("-- by samples anywhere on the stack --")
+    for name, n in sorted(within.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"{own.get(name, 0) * ms:10.3f} | {n * ms:13.3f} | {name}")
+    return "\n".join(lines)
+
+
 async def measure(
-    label: str, cfg: StackConfig, users: int, seconds: float, *, reset: bool = True
+    label: str,
+    cfg: StackConfig,
+    users: int,
+    seconds: float,
+    *,
+    reset: bool = True,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     print(f"[bench_cpu] {label}: starting", file=sys.stderr, flush=True)
     with LocalStack(cfg) as stack:
         service_pid = stack.service_pid
         marks: dict[str, Any] = {}
 
+        spy: subprocess.Popen[bytes] | None = None
+
         def mark(at: str) -> None:
+            nonlocal spy
             marks[at] = (processes(), busy_s(), time.perf_counter())
+            if profile is not None and at == "start":
+                spy = start_profile(profile / f"{_slug(label)}.txt", service_pid, seconds)
 
         async def settle() -> None:
             workers = int(cfg.env.get("RLM_WORKERS", "1"))
@@ -161,6 +230,9 @@ async def measure(
         )  # fmt: skip
     (p0, b0, t0), (p1, b1, t1) = marks["start"], marks["end"]
     n = max(1, res["completions"])
+    if spy is not None and profile is not None:
+        spy.wait(timeout=60)
+        print(hot_spots(profile / f"{_slug(label)}.txt", n), file=sys.stderr)
     groups = cpu_by_group(p0, p1, service_pid)
     total = b1 - b0
     return {
@@ -273,9 +345,13 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             variants.append((f"this tree ({name})", StackConfig(sandbox=v.backend, **cfg), v.reset))
     out = []
     for label, variant, reset in variants:
-        variant.log_dir = ROOT / "logs" / "bench-cpu" / re.sub(r"\W+", "-", label).strip("-")
+        variant.log_dir = ROOT / "logs" / "bench-cpu" / _slug(label)
         try:
-            out.append(await measure(label, variant, args.users, args.seconds, reset=reset))
+            out.append(
+                await measure(
+                    label, variant, args.users, args.seconds, reset=reset, profile=args.profile
+                )
+            )
         except Exception as exc:  # noqa: BLE001 - one failed variant must not hide the others
             print(f"[bench_cpu] {label} failed: {exc} ({variant.log_dir})", file=sys.stderr)
     return out
@@ -292,6 +368,13 @@ def main(argv: list[str] | None = None) -> int:
         "docker,runsc,runsc:2,runsc@runsc-systrap,runsc/keep (/keep: no reset per request)",
     )
     parser.add_argument("--baseline", default="HEAD~1", help="git ref, or none")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="a directory: record the service with py-spy in each measured window and print "
+        f"its CPU per request by function (py-spy samples at {PROFILE_HZ} Hz; it costs CPU too)",
+    )
     args = parser.parse_args(argv)
     results = asyncio.run(run(args))
     print(f"\nMachine: {machine()}\n")

@@ -237,10 +237,11 @@ class DockerProcess(SandboxProcess):
         del self._buf[:n]
         return out
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, *parts: bytes) -> None:
         assert self._writer is not None
         try:
-            self._writer.write(data)
+            for data in parts:
+                self._writer.write(data)
             await self._writer.drain()
         except (ConnectionError, RuntimeError) as exc:
             raise EOFError("sandbox is gone") from exc

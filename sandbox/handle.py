@@ -284,13 +284,13 @@ class SandboxHandle:
         self, frame: proto.Frame | bytes, before: Callable[[], None] | None = None
     ) -> None:
         """Write one frame; ``before`` runs at the moment it is written (in write order)."""
-        data = frame if isinstance(frame, bytes) else proto.encode(frame)
+        parts = (frame,) if isinstance(frame, bytes) else proto.encode_parts(frame)
         async with self._write_lock:
             self._check()
             if before is not None:
                 before()
             try:
-                await self.process.write(data)
+                await self.process.write(*parts)
             except EOFError:
                 await self._lose(None)
                 raise self.lost_error or SandboxLost("sandbox is gone") from None
@@ -733,9 +733,12 @@ class SandboxHandle:
         else:
             data, encoding = json.dumps(value, ensure_ascii=False).encode(), "json"
         lid = f"l{next(self._loads)}"
-        view = memoryview(data)
         step = proto.CHUNK_BYTES
-        chunks = [view[i : i + step] for i in range(0, len(data), step)] or [view[:0]]
+        view = memoryview(data)
+        # One chunk (the common case) goes as it is; more are copied out one at a time.
+        chunks: list[bytes | memoryview] = (
+            [data] if len(data) <= step else [view[i : i + step] for i in range(0, len(data), step)]
+        )
         # Pipeline the chunks: the socket's flow control paces us, the answers come after.
         waits = []
         for i, chunk in enumerate(chunks):
@@ -747,7 +750,8 @@ class SandboxHandle:
                 "encoding": encoding,
                 "final": final,
             }
-            waits.append(asyncio.ensure_future(self.request("load", body, bytes(chunk))))
+            blob = chunk if isinstance(chunk, bytes) else bytes(chunk)
+            waits.append(asyncio.ensure_future(self.request("load", body, blob)))
             await asyncio.sleep(0)
         results = await asyncio.gather(*waits)
         return dict(results[-1].get("context") or {})

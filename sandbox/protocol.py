@@ -295,7 +295,7 @@ class Frame:
         id: int = 0,  # noqa: A002
         parent: int | None = None,
         body: dict[str, Any] | None = None,
-        blob: bytes = b"",
+        blob: bytes | memoryview = b"",
         busy: bool = False,
     ) -> None:
         self.type = type
@@ -363,6 +363,12 @@ def _envelope(frame: Frame, inline: int) -> tuple[bytes, list[bytes]]:
 
 def encode(frame: Frame) -> bytes:
     """Serialise a frame; raises ProtocolError past the size limits."""
+    return b"".join(encode_parts(frame))
+
+
+def encode_parts(frame: Frame) -> tuple[bytes, ...]:
+    """``encode`` as pieces to write one after another: the header with the envelope, then
+    each long string and the blob as they are, so a context is not copied into the frame."""
     data, texts = _envelope(frame, INLINE_CHARS)
     if len(data) > MAX_ENVELOPE_BYTES:  # many short strings: move them all out
         data, texts = _envelope(frame, 0)
@@ -373,7 +379,10 @@ def encode(frame: Frame) -> bytes:
         )
     if len(frame.blob) > MAX_BLOB_BYTES:
         raise ProtocolError(f"frame blob of {len(frame.blob)} bytes exceeds {MAX_BLOB_BYTES}")
-    return b"".join((HEADER.pack(json_len, len(frame.blob)), data, b"\n", *texts, frame.blob))
+    head = b"".join((HEADER.pack(json_len, len(frame.blob)), data, b"\n"))
+    if not frame.blob:
+        return (head, *texts)
+    return (head, *texts, frame.blob if isinstance(frame.blob, bytes) else bytes(frame.blob))
 
 
 def check_header(header: bytes) -> tuple[int, int]:
@@ -475,7 +484,7 @@ class Envelope:
                 since = 0
                 yield
 
-    def frame(self, blob: bytes = b"") -> Frame:
+    def frame(self, blob: bytes | memoryview = b"") -> Frame:
         """The frame, with every long string back in its place."""
         if len(self.texts) != len(self.lengths):
             for _ in self.decode_strings():
@@ -591,7 +600,7 @@ def _placeholders(body: dict[str, Any], count: int) -> list[tuple[Any, Any, int]
     return slots
 
 
-def decode(header: bytes, payload: bytes, allowed: frozenset[str]) -> Frame:
+def decode(header: bytes, payload: bytes | bytearray, allowed: frozenset[str]) -> Frame:
     """Build a frame from its header and the bytes that followed it; validate its shape.
 
     The worker's (synchronous) reader. The host reads worker frames with the same pieces
@@ -601,7 +610,8 @@ def decode(header: bytes, payload: bytes, allowed: frozenset[str]) -> Frame:
     if len(payload) != json_len + blob_len:
         raise ProtocolError(f"frame of {json_len}+{blob_len} bytes arrived with {len(payload)}")
     env = parse_envelope(payload, json_len, allowed)
-    return env.frame(payload[json_len:])
+    # The blob (a context's bytes) is a view of what was read, not a copy of it.
+    return env.frame(memoryview(payload)[json_len:] if blob_len else b"")
 
 
 def _names(keys: Any) -> str:

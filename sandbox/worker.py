@@ -247,8 +247,9 @@ class Worker:
 
     # ---- channel ---------------------------------------------------------------------
 
-    def _read_exact(self, n: int) -> bytes:
-        """n bytes of the channel; small frames usually cost one read(2) for header and body."""
+    def _read_exact(self, n: int) -> bytes | bytearray:
+        """n bytes of the channel; small frames usually cost one read(2) for header and body.
+        A large frame is read into a buffer of its own and handed over as it is."""
         have = len(self.rbuf)
         if have >= n:
             out = bytes(self.rbuf[:n])
@@ -274,7 +275,7 @@ class Worker:
             if count == 0:
                 raise EOFError("host closed the channel")
             got += count
-        return bytes(buf)
+        return buf
 
     def _readinto(self, buf: bytearray, offset: int) -> int:
         """read(2) of the channel into ``buf[offset:]``.
@@ -851,16 +852,21 @@ class Worker:
     def op_load(self, frame: proto.Frame) -> dict[str, Any]:
         """Receive a value in chunks; on the last one decode it and bind it to ``names``."""
         load_id = str(frame.body["load"])
-        buf = self.loads.setdefault(load_id, bytearray())
-        buf += frame.blob
-        if not frame.body.get("final"):
-            return {"received": len(buf)}
-        data = self.loads.pop(load_id)
+        final = bool(frame.body.get("final"))
+        data: bytes | bytearray | memoryview
+        if final and load_id not in self.loads:  # one chunk: decoded where it was read
+            data = frame.blob
+        else:
+            buf = self.loads.setdefault(load_id, bytearray())
+            buf += frame.blob
+            if not final:
+                return {"received": len(buf)}
+            data = self.loads.pop(load_id)
         encoding = frame.body.get("encoding", "text")
         if encoding == "text":
-            value: Any = data.decode("utf-8", "replace")
+            value: Any = str(data, "utf-8", "replace")
         elif encoding == "json":
-            value = json.loads(data)
+            value = json.loads(bytes(data) if isinstance(data, memoryview) else data)
         else:
             raise ValueError(f"unknown encoding {encoding!r}")
         del data

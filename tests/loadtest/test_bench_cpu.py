@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,8 +16,10 @@ from loadtest.bench_cpu import (
     busy_s,
     cpu_by_group,
     group_of,
+    hot_spots,
     parse_spec,
     processes,
+    start_profile,
     table,
 )
 
@@ -76,3 +79,22 @@ def test_variant_specs_name_backend_runtime_workers_and_reset() -> None:
     for bad in ("kata", "runsc:two", "@runsc", "runsc/", "runsc/reset"):
         with pytest.raises(ValueError, match="not a variant"):
             parse_spec(bad)
+
+
+def test_profile_names_the_function_that_burns_the_cpu(tmp_path: Path) -> None:
+    # A real py-spy on a real process: the function spinning on the GIL comes out on top.
+    code = "def burn_here():\n    while True:\n        sum(range(1000))\nburn_here()\n"
+    busy = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        out = tmp_path / "spy.txt"
+        spy = start_profile(out, busy.pid, 2)
+        assert spy.wait(timeout=60) == 0
+    finally:
+        busy.kill()
+        busy.wait()
+    report = hot_spots(out, requests=10).splitlines()
+    per_request = float(report[0].split()[1])
+    assert 100 < per_request < 260  # about 2 s of samples over 10 requests: ~200 ms each
+    top = report[2].split("|")
+    assert top[2].strip() == "burn_here (<string>)"
+    assert float(top[0]) > 0.5 * per_request  # its own samples, not only beneath it

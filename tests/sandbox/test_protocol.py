@@ -46,6 +46,21 @@ def test_round_trip_keeps_every_field() -> None:
     assert proto.decode(header, payload, proto.WORKER_TYPES) == frame
 
 
+def test_encode_parts_hand_over_the_blob_and_long_strings_uncopied() -> None:
+    # A context crosses as the bytes the host encoded once: the frame's pieces are written
+    # one after another, and the worker decodes the blob from the buffer it read it into.
+    blob = b"c" * (proto.CHUNK_BYTES // 2)
+    frame = proto.Frame("load", 4, body={"names": ["context"], "note": "n" * 5000}, blob=blob)
+    parts = proto.encode_parts(frame)
+    assert parts[-1] is blob
+    assert b"".join(parts) == proto.encode(frame)
+    header, payload = _split(proto.encode(frame))
+    decoded = proto.decode(header, bytearray(payload), proto.HOST_TYPES)
+    assert isinstance(decoded.blob, memoryview) and decoded.blob == blob
+    assert decoded == frame
+    assert all(proto.encode_parts(proto.Frame("ping", 1)))  # no empty piece to write
+
+
 def test_round_trip_defaults() -> None:
     out = _round_trip(proto.Frame("ping", 1), proto.HOST_TYPES)
     assert (out.parent, out.body, out.blob, out.busy) == (None, {}, b"", False)
