@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from sandbox.config import SandboxConfig
 from sandbox.pool import SandboxPool
 from service.admission import Admission
 from service.errors import NotFound, Overloaded, SessionLost
@@ -34,6 +35,41 @@ async def test_owner_isolation_and_lru_eviction_skips_busy(pool: SandboxPool) ->
     assert not handle.alive and b.closed
     assert {s.id for s in store.of_owner(owner_of("k1"))} == {"c", "d"}
     await store.close_all()
+
+
+async def test_a_session_deleted_while_a_turn_holds_it_never_keeps_its_sandbox(
+    local_cfg: SandboxConfig,
+) -> None:
+    """RLM_SANDBOX_KEEP: a DELETE that lands while a turn runs (or one began while the close
+    awaited the store) closes the sandbox: that turn's code must not run on into the key's
+    next session. An idle session's sandbox is kept, reset, for the key."""
+    pool = SandboxPool(local_cfg, 0, keep=2)
+    store = SessionStore(pool, max_sessions=4, ttl_s=3600)
+    key = owner_of("k1")
+    try:
+        busy = await store.open("busy", key)
+        busy.sandbox = held = await pool.acquire(key)
+        await held.exec("left_behind = 'by the busy session'")
+        async with busy.turn(queue_cap=1):
+            await store.delete("busy", key, "deleted")
+        assert not held.alive
+        nxt = await pool.acquire(key)
+        assert nxt is not held
+        await pool.release(nxt)
+
+        idle = await store.open("idle", key)
+        idle.sandbox = kept = await pool.acquire(key)
+        await kept.exec("left_behind = 'by the idle session'")
+        await store.delete("idle", key, "deleted")
+        assert kept.alive  # reset and kept for the same key
+        again = await pool.acquire(key)
+        assert again is kept
+        r = await again.exec("'left_behind' in globals()")
+        assert r.stdout == "False\n"
+        await pool.release(again)
+    finally:
+        await store.close_all()
+        await pool.close()
 
 
 async def test_ids_are_per_key_so_an_id_reveals_nothing(pool: SandboxPool) -> None:
