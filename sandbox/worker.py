@@ -871,8 +871,18 @@ class Worker:
             raise ValueError(f"unknown encoding {encoding!r}")
         del data
         ns = self.namespace(str(frame.body["ns"]))
-        for name in frame.body.get("names", ["context"]):
-            ns[str(name)] = value
+        names = [str(name) for name in frame.body.get("names", ["context"])]
+        if type(value) is str:
+            # A client that resends its context every turn binds equal strings: keep the one
+            # already bound (``context``, last turn's) instead of a copy per turn. A str cannot
+            # change, so sharing it shows only to ``is``; lists and dicts are never shared.
+            for name in names:
+                bound = ns.get(name)
+                if type(bound) is str and bound == value:
+                    value = bound
+                    break
+        for name in names:
+            ns[name] = value
         return {"context": describe(value)}
 
     def _guarded(self, fn: Any) -> Any:

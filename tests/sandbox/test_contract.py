@@ -206,6 +206,25 @@ async def test_load_multi_chunk_text(sandbox: SandboxHandle) -> None:
     assert r.stdout == f"{digest} True\n"
 
 
+async def test_a_context_resent_every_turn_is_kept_once(sandbox: SandboxHandle) -> None:
+    # A stateless client sends the same context with every turn: one string, not one copy
+    # per turn (the session's memory and its snapshot stay the size of one context).
+    text = "the same context line\n" * 20_000  # 440 KB
+    for turn in range(4):
+        await sandbox.load(text, names=(f"context_{turn}", "context"))
+    r = await sandbox.exec("print(context_0 is context_1 is context_2 is context_3 is context)")
+    assert (r.stdout, r.error) == ("True\n", None)
+    snap = await sandbox.snapshot(64 * 2**20)
+    assert len(text) < len(snap.blob) < 2 * len(text)
+    await sandbox.load(text + "!", names=("context_4", "context"))  # a new context: its own
+    r = await sandbox.exec("print(context_4 is context_3, context_4 == context_3 + '!')")
+    assert r.stdout == "False True\n"
+    for turn in (5, 6):  # lists can change: equal ones are never shared
+        await sandbox.load(["a", "b"], names=(f"context_{turn}", "context"))
+    r = await sandbox.exec("print(context_5 is context_6, context_5 == context_6)")
+    assert r.stdout == "False True\n"
+
+
 async def test_load_multi_chunk_list(sandbox: SandboxHandle) -> None:
     docs = [f"doc {i} " + "z" * 1000 for i in range(6000)]  # about 6 MB of JSON
     info = await sandbox.load(docs, "child")
