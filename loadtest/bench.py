@@ -340,8 +340,9 @@ async def drive_service(base_url: str, api_key: str, concurrency: int, seconds: 
                 if not ok:
                     failures.append(why)
 
-        # Ids new to the session store, which outlives the stack: a session left by an
-        # earlier run would be restored (or answer 410 if it could not be saved).
+        # Ids new to the session store, which may outlive the stack (a stack given its own
+        # RLM_SESSION_STORE): a session left by an earlier run would be restored, or answer
+        # 410 if it could not be saved.
         run = os.urandom(4).hex()
         sessions = [f"{prefix}-{run}-{i}" for i in range(concurrency)]
         await asyncio.gather(*(one(s, False) for s in sessions))  # warm: one sandbox per session

@@ -2,9 +2,10 @@
 
 ``LocalStack`` starts ``python -m loadtest.serve_upstream`` and ``python -m service`` (with
 its own ``RLM_INSTANCE`` label, so its start-up reaping and our leak check touch only its
-own containers), waits for ``/readyz``, and on exit stops both by pid, then checks that no
-container of that instance is left (removing any it finds and reporting them in
-``leftovers``).
+own containers, and its own session store, a temporary directory, unless the config sets
+``RLM_SESSION_STORE``), waits for ``/readyz``, and on exit stops both by pid, then checks
+that no container of that instance is left (removing any it finds and reporting them in
+``leftovers``) and removes the store.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -57,6 +60,9 @@ class LocalStack:
         self.upstream_port = free_port()
         self.api_key = API_KEY
         self.leftovers: list[str] = []
+        # The stack's own session store (unless the config names one): sessions of one run
+        # never meet another's, and none are left on the machine.
+        self.store_dir: Path | None = None
         self._procs: list[subprocess.Popen[bytes]] = []
         self._logs: list[IO[bytes]] = []
 
@@ -92,6 +98,8 @@ class LocalStack:
             "RLM_SHUTDOWN_GRACE_S": "5",
             "RLM_TRAJECTORY_DIR": "",
         }
+        if self.store_dir is not None:
+            env["RLM_SESSION_STORE"] = f"file://{self.store_dir}"
         env.update(c.env)
         return env
 
@@ -111,6 +119,8 @@ class LocalStack:
 
     def start(self) -> LocalStack:
         c = self.cfg
+        if "RLM_SESSION_STORE" not in c.env:
+            self.store_dir = Path(tempfile.mkdtemp(prefix=f"{self.instance}-sessions-"))
         try:
             up = self._spawn(
                 "upstream",
@@ -147,6 +157,9 @@ class LocalStack:
         self._logs.clear()
         if self.cfg.sandbox in ("docker", "runsc"):
             self.leftovers = remove_containers(self.instance)
+        if self.store_dir is not None:
+            shutil.rmtree(self.store_dir, ignore_errors=True)
+            self.store_dir = None
 
     def __enter__(self) -> LocalStack:
         return self.start()
